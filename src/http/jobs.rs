@@ -1,0 +1,217 @@
+//! Job routes: read, list, cancel, retry, delete, result files and the engine log.
+
+use super::ApiError;
+use crate::app::App;
+use crate::jobs::{Job, Status};
+use crate::{meshroom, worker};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jobs", web::get().to(list))
+        .route("/jobs/{id}", web::get().to(get))
+        .route("/jobs/{id}", web::delete().to(delete))
+        .route("/jobs/{id}/cancel", web::post().to(cancel))
+        .route("/jobs/{id}/retry", web::post().to(retry))
+        .route("/jobs/{id}/log", web::get().to(log_tail))
+        .route("/jobs/{id}/files/{name:.+}", web::get().to(file));
+}
+
+async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::job_not_found())?;
+    app.store.get(id).await.ok_or_else(ApiError::job_not_found)
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn get(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(find(&app, &id).await?))
+}
+
+/// `GET /jobs` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// Only jobs with this status.
+    status: Option<Status>,
+    /// Page size, 1 to 100 (default 20).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct JobPage {
+    /// The jobs.
+    jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<Uuid>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be 1 to 100"));
+    }
+    // One more than asked tells whether another page exists.
+    let mut jobs = app.store.list(q.status, limit + 1, q.cursor).await;
+    let next_cursor = (jobs.len() > limit).then(|| jobs[limit - 1].id);
+    jobs.truncate(limit);
+    Ok(HttpResponse::Ok().json(JobPage { jobs, next_cursor }))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Canceled (it was queued)", body = Job),
+        (status = 202, description = "Stopping (it is running)", body = Job),
+        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = find(&app, &id).await?;
+    let status = app
+        .store
+        .update(job.id, |j| {
+            match j.status {
+                Status::Enqueued => {
+                    j.finish(Status::Canceled, None);
+                    app.webhooks.begin(j);
+                }
+                Status::Processing => j.cancel_requested = true,
+                _ => {}
+            }
+            j.status
+        })
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    match status {
+        Status::Canceled if job.status == Status::Enqueued => {
+            log::info!("job {}: canceled while queued", job.id);
+            app.webhooks.spawn(app.store.clone(), job.id);
+            Ok(HttpResponse::Ok().json(app.store.get(job.id).await))
+        }
+        Status::Processing => {
+            worker::cancel(&app, job.id);
+            log::info!("job {}: cancel requested while running", job.id);
+            Ok(HttpResponse::Accepted().json(app.store.get(job.id).await))
+        }
+        s => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_cancelable",
+            format!("the job is already {s:?}").to_lowercase(),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 202, body = Job), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = find(&app, &id).await?;
+    let retried = app
+        .store
+        .update(job.id, |j| {
+            let ok = matches!(j.status, Status::Failed | Status::Canceled);
+            if ok {
+                j.reset_for_retry();
+            }
+            ok
+        })
+        .await?;
+    if retried != Some(true) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_retryable",
+            "only failed or canceled jobs can be retried",
+        ));
+    }
+    app.queue.push(job.id);
+    log::info!("job {}: retried", job.id);
+    Ok(HttpResponse::Accepted().json(app.store.get(job.id).await))
+}
+
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 204, description = "Deleted with its files"), (status = 401, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = find(&app, &id).await?;
+    if job.status == Status::Processing {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_running",
+            "cancel the job before deleting it",
+        ));
+    }
+    app.store.remove(job.id).await?;
+    let _ = tokio::fs::remove_dir_all(app.work_dir(job.id)).await;
+    log::info!("job {}: deleted", job.id);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/files/{name}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "Result file name")),
+    responses((status = 200, description = "The file (Range supported)", content_type = "application/octet-stream"),
+        (status = 206, description = "Part of the file"),
+        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn file(
+    app: web::Data<App>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    let job = find(&app, &id).await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+            format!("the job has no result file '{name}'"),
+        )
+    };
+    if !job.results.iter().any(|r| r.name == name) {
+        return Err(not_found());
+    }
+    let local = app
+        .storage
+        .local_path(&Job::key(job.id, &format!("results/{name}")))
+        .ok_or_else(not_found)?;
+    let file = actix_files::NamedFile::open_async(local)
+        .await
+        .map_err(|_| not_found())?;
+    Ok(file.use_last_modified(true).into_response(&req))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "Tail of the engine log", content_type = "text/plain"),
+        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = find(&app, &id).await?;
+    let max = app.config.engine.log_tail_bytes;
+    let live = app.work_dir(job.id).join("engine.log");
+    let text = match job.status {
+        Status::Processing => meshroom::tail(&live, max),
+        _ => None,
+    };
+    let text = match text {
+        Some(t) => t,
+        None => match app.storage.get_bytes(&Job::key(job.id, "engine.log")).await {
+            Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "log_not_found",
+                    "the engine has not run for this job",
+                ))
+            }
+        },
+    };
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text))
+}

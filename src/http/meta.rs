@@ -1,0 +1,53 @@
+//! Service routes outside `/api/v1`: liveness, readiness and a summary. Open without an API key.
+
+use crate::app::App;
+use crate::jobs::Status;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(root))
+        .route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready));
+}
+
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "The process is alive")))]
+pub(super) async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses((status = 200, description = "Storage, queue and engine are usable"), (status = 503, description = "Something is not; see checks")))]
+pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
+    let storage = match app.storage.check().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    let engine = match crate::meshroom::find_binary(&app.config.engine.meshroom_batch) {
+        Some(p) => format!("ok: {}", p.display()),
+        None => "error: meshroom_batch not found (engine.meshroom_batch, MESHROOM_BATCH or PATH)".to_string(),
+    };
+    // The in-process queue cannot be unavailable while the process runs.
+    let queue = "ok".to_string();
+    let ok = [&storage, &engine, &queue].iter().all(|s| s.starts_with("ok"));
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"storage": storage, "queue": queue, "engine": engine}});
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, description = "Name, version, engine, queue")))]
+pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
+    let binary = crate::meshroom::find_binary(&app.config.engine.meshroom_batch);
+    HttpResponse::Ok().json(json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "engine": {"name": "meshroom", "binary": binary.map(|p| p.display().to_string())},
+        "queue": {"kind": app.queue.kind(), "depth": app.queue.depth(), "processing": app.store.count(Status::Processing).await},
+        "gpus": app.gpus,
+        "pipelines": app.pipelines.names(),
+        "default_pipeline": crate::pipelines::Pipelines::default_name(app.gpu_available()),
+    }))
+}

@@ -1,0 +1,161 @@
+//! The HTTP API (actix-web): routes under `/api/v1`, one error shape, API-key auth.
+
+use crate::app::App;
+use crate::jobs::{ErrorInfo, StoreError};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, HttpResponse, ResponseError};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+mod jobs;
+mod meta;
+mod openapi;
+mod submit;
+
+/// An API error: an HTTP status and the `{message, code}` shape.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    info: ErrorInfo,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorInfo,
+}
+
+impl ApiError {
+    /// An error with a status, a machine-readable code and a message.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            info: ErrorInfo::new(code, message),
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 for a job id that does not exist.
+    pub fn job_not_found() -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "job_not_found", "no job with this id")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.info.code, self.info.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ErrorBody {
+            error: self.info.clone(),
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        log::error!("job store: {e}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "job storage is unavailable; try again",
+        )
+    }
+}
+
+/// Builds the server on a bound listener; it stops gracefully on SIGINT and SIGTERM.
+pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::from(app);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+            )
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).into()),
+            )
+            .configure(meta::configure)
+            .service(
+                web::scope("/api/v1").configure(openapi::configure).service(
+                    web::scope("")
+                        .wrap(from_fn(require_api_key))
+                        .configure(submit::configure)
+                        .configure(jobs::configure),
+                ),
+            )
+            .default_service(web::to(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
+            }))
+    })
+    .listen(listener)?
+    .shutdown_timeout(30)
+    .run();
+    Ok(server)
+}
+
+/// Rejects requests without a configured `X-API-Key` (when any key is configured).
+async fn require_api_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let app = req.app_data::<web::Data<App>>().expect("app data").clone();
+    let keys = &app.config.secrets.api_keys;
+    if !keys.is_empty() {
+        let Some(given) = req.headers().get("x-api-key") else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_api_key", "send an X-API-Key header").into());
+        };
+        if !key_matches(keys, given.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "the X-API-Key is not valid",
+            )
+            .into());
+        }
+    }
+    next.call(req).await
+}
+
+/// Compares digests in constant time against every key, so neither the match nor its position
+/// nor the key lengths show in the timing.
+fn key_matches(keys: &[String], given: &[u8]) -> bool {
+    let given = Sha256::digest(given);
+    keys.iter().fold(0u8, |found, k| {
+        found | Sha256::digest(k.as_bytes()).ct_eq(&given).unwrap_u8()
+    }) == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_exactly() {
+        let keys = vec!["alpha".to_string(), "beta".to_string()];
+        assert!(key_matches(&keys, b"beta"));
+        assert!(!key_matches(&keys, b"bet"));
+        assert!(!key_matches(&keys, b"betaa"));
+        assert!(!key_matches(&[], b""));
+    }
+}

@@ -1,0 +1,418 @@
+//! `POST /jobs` (and its alias `POST /reconstruct`): JSON with image URLs, or multipart with the
+//! images streamed to disk as they arrive, checked against the limits before they are kept.
+
+use super::ApiError;
+use crate::app::App;
+use crate::images;
+use crate::jobs::{Job, Upload};
+use crate::pipelines::PipelineError;
+use actix_multipart::Multipart;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jobs", web::post().to(submit))
+        .route("/reconstruct", web::post().to(submit));
+}
+
+/// A job request. In multipart form, the same fields are parts of the same names (`metadata` and
+/// `params` as JSON text; `image_urls` may repeat) and the files are parts named `images`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// http(s) URLs of JPEG, PNG or TIFF images.
+    #[serde(default)]
+    pub image_urls: Vec<String>,
+    /// Where the signed webhook goes when the job ends.
+    pub callback_url: Option<String>,
+    /// Any JSON; returned with the job and in webhooks.
+    pub metadata: Option<serde_json::Value>,
+    /// Preset name (`GET /` lists them); `default`, or `draft` on a deployment without GPUs.
+    pub pipeline: Option<String>,
+    /// Parameter overrides allowed by the preset, e.g. `{"Texturing:textureSide": 4096}`.
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Engine time limit in seconds (at most `engine.timeout_secs`).
+    pub timeout_secs: Option<u64>,
+}
+
+/// Multipart form of a job request (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubmitForm {
+    /// Image files.
+    images: Vec<Vec<u8>>,
+    /// As in the JSON request; may repeat.
+    image_urls: Option<Vec<String>>,
+    /// As in the JSON request.
+    callback_url: Option<String>,
+    /// JSON text.
+    metadata: Option<String>,
+    /// As in the JSON request.
+    pipeline: Option<String>,
+    /// JSON text.
+    params: Option<String>,
+    /// As in the JSON request.
+    timeout_secs: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
+    request_body(content(
+        (SubmitRequest = "application/json"),
+        (SubmitForm = "multipart/form-data"),
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe submit: the same key returns the same job")),
+    responses(
+        (status = 202, description = "Accepted and stored", body = Job),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody), (status = 503, body = super::ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub(super) async fn submit(
+    app: web::Data<App>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let idempotency_key = idempotency_key(&req)?;
+    if let Some(key) = &idempotency_key {
+        if let Some(job) = app.store.find_idempotent(key).await {
+            return Ok(accepted(&job, true));
+        }
+    }
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut job = Job::new(String::new(), 0);
+    let (request, uploads) = match mime.as_str() {
+        "application/json" => (read_json(&app, payload).await?, Vec::new()),
+        "multipart/form-data" => {
+            let staging = app.tmp_dir().join(job.id.to_string());
+            let result = read_multipart(&app, Multipart::new(req.headers(), payload), &staging).await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_dir_all(&staging).await;
+            }
+            result?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json or multipart/form-data",
+            ))
+        }
+    };
+    let staged: Vec<PathBuf> = uploads.iter().map(|(_, p)| p.clone()).collect();
+    let filled = fill_job(
+        &app,
+        &mut job,
+        request,
+        uploads.iter().map(|(u, _)| u.clone()).collect(),
+    );
+    if let Err(e) = filled {
+        let _ = tokio::fs::remove_dir_all(app.tmp_dir().join(job.id.to_string())).await;
+        return Err(e);
+    }
+    job.idempotency_key = idempotency_key;
+    // Inputs first, record last: a crash in between leaves a folder without a record, which the
+    // next start removes, and never a job whose inputs are missing.
+    for (upload, path) in job.uploads.iter().zip(&staged) {
+        app.storage
+            .store_file(&Job::key(job.id, &format!("inputs/{}", upload.name)), path)
+            .await
+            .map_err(|e| {
+                log::error!("job {}: storing an upload failed: {e}", job.id);
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "storage is unavailable; try again",
+                )
+            })?;
+    }
+    let _ = tokio::fs::remove_dir_all(app.tmp_dir().join(job.id.to_string())).await;
+    let new_id = job.id;
+    let stored = app.store.insert(job).await?;
+    if stored.id != new_id {
+        // A concurrent request with the same Idempotency-Key won the race: drop our copy.
+        let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
+        return Ok(accepted(&stored, true));
+    }
+    app.queue.push(stored.id);
+    log::info!(
+        "job {}: enqueued ({} URLs, {} uploads, pipeline {})",
+        stored.id,
+        stored.image_urls.len(),
+        stored.uploads.len(),
+        stored.pipeline
+    );
+    Ok(accepted(&stored, false))
+}
+
+fn accepted(job: &Job, replayed: bool) -> HttpResponse {
+    let mut resp = HttpResponse::Accepted();
+    resp.insert_header(("location", format!("/api/v1/jobs/{}", job.id)));
+    if replayed {
+        resp.insert_header(("idempotent-replayed", "true"));
+    }
+    resp.json(job)
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_string())),
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+async fn read_json(app: &App, mut payload: web::Payload) -> Result<SubmitRequest, ApiError> {
+    let max = app.config.server.max_json_bytes as usize;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("JSON bodies are limited to {max} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
+/// Reads the form; image files are streamed to `staging` and checked as they arrive.
+async fn read_multipart(
+    app: &App,
+    mut form: Multipart,
+    staging: &std::path::Path,
+) -> Result<(SubmitRequest, Vec<(Upload, PathBuf)>), ApiError> {
+    let limits = &app.config.limits;
+    let bad = |e: actix_multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.to_string());
+    let mut request = SubmitRequest::default();
+    let mut uploads: Vec<(Upload, PathBuf)> = Vec::new();
+    let mut total = 0u64;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(bad)?;
+        let name = field.name().unwrap_or("").to_string();
+        if name != "images" {
+            let text = read_text_field(&mut field, app.config.server.max_json_bytes as usize).await?;
+            set_field(&mut request, &name, text)?;
+            continue;
+        }
+        if uploads.len() + request.image_urls.len() >= limits.max_images as usize {
+            return Err(too_many(limits.max_images));
+        }
+        let original = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .unwrap_or("")
+            .to_string();
+        tokio::fs::create_dir_all(staging).await.map_err(staging_error)?;
+        let path = staging.join(uploads.len().to_string());
+        let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
+        let (mut size, mut head) = (0u64, Vec::new());
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(bad)?;
+            size += chunk.len() as u64;
+            total += chunk.len() as u64;
+            if size > limits.max_image_bytes {
+                return Err(too_large(
+                    "image_too_large",
+                    "limits.max_image_bytes",
+                    limits.max_image_bytes,
+                ));
+            }
+            if total > limits.max_total_bytes {
+                return Err(too_large(
+                    "images_too_large",
+                    "limits.max_total_bytes",
+                    limits.max_total_bytes,
+                ));
+            }
+            if head.len() < images::SNIFF_LEN {
+                head.extend_from_slice(&chunk[..chunk.len().min(images::SNIFF_LEN - head.len())]);
+            }
+            file.write_all(&chunk).await.map_err(staging_error)?;
+        }
+        file.flush().await.map_err(staging_error)?;
+        let kind = images::sniff(&head).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_image_type",
+                format!("'{original}' is not a JPEG, PNG or TIFF file"),
+            )
+        })?;
+        let upload = Upload {
+            name: images::file_name(uploads.len(), &original, kind),
+            size,
+        };
+        uploads.push((upload, path));
+    }
+    Ok((request, uploads))
+}
+
+async fn read_text_field(field: &mut actix_multipart::Field, max: usize) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(too_large("payload_too_large", "server.max_json_bytes", max as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_multipart", "form fields must be UTF-8"))
+}
+
+fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
+    fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, ApiError> {
+        serde_json::from_str(text).map_err(|e| ApiError::bad_request("invalid_json", format!("{field}: {e}")))
+    }
+    match name {
+        "image_urls" => request.image_urls.push(text),
+        "callback_url" => request.callback_url = Some(text),
+        "metadata" => request.metadata = Some(json(name, &text)?),
+        "pipeline" => request.pipeline = Some(text),
+        "params" => request.params = json(name, &text)?,
+        "timeout_secs" => {
+            request.timeout_secs = Some(text.trim().parse().map_err(|_| {
+                ApiError::bad_request("invalid_timeout", "timeout_secs must be a positive whole number")
+            })?)
+        }
+        other => {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("unknown form field '{other}'"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Checks a request and fills the job from it.
+fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) -> Result<(), ApiError> {
+    let limits = &app.config.limits;
+    let count = req.image_urls.len() + uploads.len();
+    if count == 0 {
+        return Err(ApiError::bad_request(
+            "no_images",
+            "give image_urls or upload files in 'images' parts",
+        ));
+    }
+    if count > limits.max_images as usize {
+        return Err(too_many(limits.max_images));
+    }
+    for url in &req.image_urls {
+        check_url(url, "invalid_image_url")?;
+    }
+    if let Some(url) = &req.callback_url {
+        check_url(url, "invalid_callback_url")?;
+    }
+    let pipeline = req
+        .pipeline
+        .unwrap_or_else(|| crate::pipelines::Pipelines::default_name(app.gpu_available()).into());
+    let Some(preset) = app.pipelines.get(&pipeline) else {
+        return Err(ApiError::bad_request(
+            "unknown_pipeline",
+            format!(
+                "no pipeline '{pipeline}'; available: {}",
+                app.pipelines.names().join(", ")
+            ),
+        ));
+    };
+    if preset.gpu && !app.gpu_available() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gpu_unavailable",
+            format!("pipeline '{pipeline}' needs a GPU and this deployment has none; use 'draft'"),
+        ));
+    }
+    let mut params = BTreeMap::new();
+    for (k, v) in req.params {
+        let value = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_param",
+                    format!("parameter '{k}' must be a string, number or boolean"),
+                ))
+            }
+        };
+        params.insert(k, value);
+    }
+    preset.overrides_with(&params).map_err(|e| match e {
+        PipelineError::ParamNotAllowed(..) => ApiError::bad_request("param_not_allowed", e.to_string()),
+        _ => ApiError::bad_request("invalid_param", e.to_string()),
+    })?;
+    let max_timeout = app.config.engine.timeout_secs;
+    let timeout_secs = match req.timeout_secs {
+        None => max_timeout,
+        Some(t) if t >= 1 && t <= max_timeout => t,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                format!("timeout_secs must be 1 to {max_timeout}"),
+            ))
+        }
+    };
+    job.pipeline = pipeline;
+    job.params = params;
+    job.image_urls = req.image_urls;
+    job.uploads = uploads;
+    job.callback_url = req.callback_url;
+    job.metadata = req.metadata;
+    job.timeout_secs = timeout_secs;
+    Ok(())
+}
+
+fn check_url(url: &str, code: &str) -> Result<(), ApiError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(ApiError::bad_request(
+            code,
+            format!("'{url}' is not an http or https URL"),
+        )),
+    }
+}
+
+fn too_many(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_images",
+        format!("a job takes at most {max} images (limits.max_images)"),
+    )
+}
+
+fn too_large(code: &str, key: &str, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code,
+        format!("over the limit of {max} bytes ({key})"),
+    )
+}
+
+fn staging_error(e: std::io::Error) -> ApiError {
+    log::error!("upload staging: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "cannot store the upload; try again",
+    )
+}

@@ -1,0 +1,18 @@
+//! meshroom-svc: a photogrammetry job service that turns photo sets into 3D models with Meshroom.
+//!
+//! Roles: `serve` (HTTP API), `work` (runs jobs on a GPU node) and `all-in-one` (both, with an
+//! in-process queue and local storage). See README.md.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod images;
+pub mod jobs;
+pub mod meshroom;
+pub mod pipelines;
+pub mod process;
+pub mod queue;
+pub mod storage;
+pub mod webhook;
+pub mod worker;

@@ -1,0 +1,249 @@
+//! Reads Meshroom's progress: the lines `meshroom_batch` prints and the per-node status files in
+//! its cache. Both are untrusted text, so parsing never panics and ignores what it does not know.
+
+use crate::jobs::Progress;
+use std::path::Path;
+
+/// A line of interest printed by `meshroom_batch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// `Nodes to execute:  ['CameraInit_1', ...]`
+    NodesToExecute(Vec<String>),
+    /// `[3/11] FeatureMatching` or `[6/11](4/9) DepthMap`
+    Node {
+        /// 1-based node index.
+        index: u32,
+        /// Number of nodes.
+        count: u32,
+        /// Chunk `(c, C)` for chunked nodes.
+        chunk: Option<(u32, u32)>,
+        /// Node type.
+        name: String,
+    },
+}
+
+/// Parses one printed line.
+pub fn parse_line(line: &str) -> Option<Line> {
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("Nodes to execute:") {
+        let names = rest
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        return Some(Line::NodesToExecute(names));
+    }
+    let (index, count, rest) = fraction(line.strip_prefix('[')?, ']')?;
+    let (chunk, rest) = match rest.strip_prefix('(') {
+        Some(r) => {
+            let (c, total, rest) = fraction(r, ')')?;
+            (Some((c, total)), rest)
+        }
+        None => (None, rest),
+    };
+    let name = rest.trim();
+    let valid = |(i, n): (u32, u32)| i >= 1 && i <= n;
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') || !valid((index, count)) {
+        return None;
+    }
+    if chunk.is_some_and(|c| !valid(c)) {
+        return None;
+    }
+    Some(Line::Node {
+        index,
+        count,
+        chunk,
+        name: name.to_string(),
+    })
+}
+
+/// `a/b` followed by `close`; returns a, b and the rest.
+fn fraction(s: &str, close: char) -> Option<(u32, u32, &str)> {
+    let (inner, rest) = s.split_once(close)?;
+    let (a, b) = inner.split_once('/')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?, rest))
+}
+
+/// Folds printed lines and status-file counts into a [`Progress`].
+#[derive(Debug, Default)]
+pub struct Tracker {
+    nodes: Vec<String>,
+    current: Option<Line>,
+    succeeded: u32,
+}
+
+impl Tracker {
+    /// Takes a printed line; returns true when progress changed.
+    pub fn line(&mut self, line: &str) -> bool {
+        match parse_line(line) {
+            Some(Line::NodesToExecute(nodes)) => self.nodes = nodes,
+            Some(node) => self.current = Some(node),
+            None => return false,
+        }
+        true
+    }
+
+    /// Takes the number of nodes whose status file says SUCCESS; returns true when it changed.
+    pub fn succeeded(&mut self, n: u32) -> bool {
+        std::mem::replace(&mut self.succeeded, n) != n
+    }
+
+    /// Current progress; never 100 before the run has ended well.
+    pub fn progress(&self) -> Progress {
+        let Some(Line::Node {
+            index,
+            count,
+            chunk,
+            name,
+        }) = &self.current
+        else {
+            return Progress::default();
+        };
+        let within = chunk.map_or(0.0, |(c, total)| (c - 1) as f32 / total as f32);
+        let from_lines = ((index - 1) as f32 + within) / *count as f32;
+        let from_status = self.succeeded.min(*count) as f32 / *count as f32;
+        let node = self
+            .nodes
+            .get(*index as usize - 1)
+            .cloned()
+            .unwrap_or_else(|| name.clone());
+        Progress {
+            percent: (from_lines.max(from_status) * 100.0).min(99.0),
+            node: Some(node),
+            node_index: Some(*index),
+            node_count: Some(*count),
+        }
+    }
+}
+
+/// What the status files in a Meshroom cache say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CacheState {
+    /// Nodes whose every status file says SUCCESS.
+    pub succeeded: u32,
+    /// Names of nodes with a chunk in ERROR.
+    pub failed: Vec<String>,
+}
+
+/// Scans `<cache>/<NodeType>/<uid>/status` and `<i>.status` files.
+pub fn scan_cache(cache: &Path) -> CacheState {
+    let mut state = CacheState::default();
+    let dirs = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| std::fs::read_dir(t.path()));
+    for node_dir in dirs.flatten().flatten() {
+        let mut statuses = Vec::new();
+        for file in std::fs::read_dir(node_dir.path()).into_iter().flatten().flatten() {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            if name == "status" || name.ends_with(".status") {
+                if let Some(s) = read_status(&file.path()) {
+                    statuses.push(s);
+                }
+            }
+        }
+        if !statuses.is_empty() && statuses.iter().all(|(s, _)| s == "SUCCESS") {
+            state.succeeded += 1;
+        }
+        if let Some((_, node)) = statuses.iter().find(|(s, _)| s == "ERROR") {
+            state.failed.push(node.clone());
+        }
+    }
+    state.failed.sort();
+    state
+}
+
+fn read_status(path: &Path) -> Option<(String, String)> {
+    let bytes = std::fs::read(path).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let status = v.get("status")?.as_str()?.to_string();
+    let node = v.get("nodeName").and_then(|n| n.as_str()).unwrap_or("?").to_string();
+    Some((status, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_lines() {
+        assert_eq!(
+            parse_line("Nodes to execute:  ['CameraInit_1', 'FeatureExtraction_1']"),
+            Some(Line::NodesToExecute(vec![
+                "CameraInit_1".into(),
+                "FeatureExtraction_1".into()
+            ]))
+        );
+        assert_eq!(
+            parse_line("[3/11] FeatureMatching"),
+            Some(Line::Node {
+                index: 3,
+                count: 11,
+                chunk: None,
+                name: "FeatureMatching".into()
+            })
+        );
+        assert_eq!(
+            parse_line("[6/11](4/9) DepthMap"),
+            Some(Line::Node {
+                index: 6,
+                count: 11,
+                chunk: Some((4, 9)),
+                name: "DepthMap".into()
+            })
+        );
+        for junk in [
+            "[0/11] X",
+            "[12/11] X",
+            "[3/0] X",
+            "[a/b] X",
+            "[3/11]",
+            "[3/11](0/9) D",
+            "[",
+            "",
+            "][",
+        ] {
+            assert_eq!(parse_line(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn progress_counts_nodes_and_chunks_and_stays_below_100() {
+        let mut t = Tracker::default();
+        t.line("Nodes to execute:  ['A_1', 'B_1', 'DepthMap_1', 'D_1']");
+        t.line("[3/4](3/5) DepthMap");
+        let p = t.progress();
+        assert_eq!(p.node.as_deref(), Some("DepthMap_1"));
+        assert!((p.percent - 60.0).abs() < 0.01, "{}", p.percent);
+        t.line("[4/4] D");
+        t.succeeded(4);
+        assert_eq!(t.progress().percent, 99.0);
+    }
+
+    #[test]
+    fn status_files_give_successes_and_failed_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, status: &str, node: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("{{\"status\": \"{status}\", \"nodeName\": \"{node}\"}}")).unwrap();
+        };
+        write("CameraInit/u1/status", "SUCCESS", "CameraInit_1");
+        write("DepthMap/u2/0.status", "SUCCESS", "DepthMap_1");
+        write("DepthMap/u2/1.status", "ERROR", "DepthMap_1");
+        std::fs::write(dir.path().join("DepthMap/u2/2.status"), "{not json").unwrap();
+        let s = scan_cache(dir.path());
+        assert_eq!(
+            s,
+            CacheState {
+                succeeded: 1,
+                failed: vec!["DepthMap_1".into()]
+            }
+        );
+    }
+}

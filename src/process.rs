@@ -1,0 +1,157 @@
+//! Every subprocess the service starts goes through here, and so does killing them.
+//!
+//! Meshroom starts each node's command in a session of its own, so killing the batch tool's process
+//! group misses them. Each job's processes are therefore marked with `MESHROOM_SVC_JOB=<id>` in
+//! their environment (inherited by every descendant) and found again by scanning `/proc`, together
+//! with the descendants of the engine's pid. This also finds processes left by a worker that died.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// Environment variable that marks every process of a job.
+pub const JOB_ENV: &str = "MESHROOM_SVC_JOB";
+
+/// Starts an engine command for a job: its own process group (so a terminal's Ctrl-C reaches the
+/// service, which then stops the job properly), the job marker, no stdin, piped output.
+pub fn spawn_engine(program: &Path, args: &[String], env: &[(&str, String)], job: Uuid) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(JOB_ENV, job.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+/// GPU indices that `nvidia-smi` lists; empty when it is missing or fails.
+pub async fn list_gpus() -> Vec<u32> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Live processes of a job: those carrying its marker, and the descendants of `root`.
+pub fn job_pids(job: Uuid, root: Option<u32>) -> Vec<i32> {
+    let marker = format!("{JOB_ENV}={job}");
+    let me = std::process::id() as i32;
+    let mut parents: HashMap<i32, i32> = HashMap::new();
+    let mut found: HashSet<i32> = HashSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Some((state, ppid)) = stat(pid) else {
+            continue;
+        };
+        if state == 'Z' {
+            continue; // already dead, waiting to be reaped
+        }
+        parents.insert(pid, ppid);
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
+                found.insert(pid);
+            }
+        }
+    }
+    if let Some(root) = root.map(|r| r as i32) {
+        if parents.contains_key(&root) {
+            found.insert(root);
+        }
+        // Descendants: repeat until no new child of a found process appears.
+        loop {
+            let before = found.len();
+            for (pid, ppid) in &parents {
+                if found.contains(ppid) {
+                    found.insert(*pid);
+                }
+            }
+            if found.len() == before {
+                break;
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// State letter and parent pid from `/proc/PID/stat` (the command name may hold spaces and parens).
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Stops every process of a job: SIGTERM, then SIGKILL after `grace`, repeated until none is left
+/// (new children may appear while it works). Returns how many processes were signalled.
+pub async fn kill_job_tree(job: Uuid, root: Option<u32>, grace: Duration) -> usize {
+    let mut signalled: HashSet<i32> = HashSet::new();
+    let started = tokio::time::Instant::now();
+    loop {
+        let pids = job_pids(job, root);
+        if pids.is_empty() {
+            return signalled.len();
+        }
+        if started.elapsed() >= grace + Duration::from_secs(30) {
+            // Only a process stuck in the kernel survives SIGKILL this long; say so, do not hang.
+            log::error!("job {job}: processes {pids:?} survive SIGKILL");
+            return signalled.len();
+        }
+        let sig = if started.elapsed() >= grace {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        for pid in pids {
+            if sig == libc::SIGKILL || signalled.insert(pid) {
+                // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kills_children_in_their_own_sessions_even_if_they_ignore_term() {
+        let job = Uuid::now_v7();
+        // The parent starts a child in a new session that ignores SIGTERM, then waits.
+        let script = "setsid sh -c 'trap \"\" TERM; sleep 300' & sleep 300";
+        let mut child = spawn_engine(Path::new("sh"), &["-c".into(), script.into()], &[], job).unwrap();
+        let root = child.id();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(job_pids(job, root).len() >= 3, "{:?}", job_pids(job, root));
+        let n = kill_job_tree(job, root, Duration::from_millis(500)).await;
+        assert!(n >= 3);
+        let _ = child.wait().await;
+        assert!(job_pids(job, None).is_empty());
+    }
+}

@@ -1,0 +1,233 @@
+//! Webhooks on final states, signed as Standard Webhooks, retried on a schedule. The delivery state
+//! lives in the job record, so a pending delivery carries on after a restart.
+
+use crate::config::WebhookConfig;
+use crate::jobs::{Attempt, Delivery, DeliveryState, Job, Store};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Decodes a `whsec_...` secret (the prefix is optional) into the HMAC key.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    B64.decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+}
+
+/// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// Sends deliveries; one task per job at most.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    client: reqwest::Client,
+    key: Option<Vec<u8>>,
+    schedule: Vec<Duration>,
+    in_flight: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+impl Webhooks {
+    /// A sender with the configured schedule and secret (checked at config load).
+    pub fn new(config: &WebhookConfig, secret: Option<&str>) -> Webhooks {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none()) // a redirect is a failure, per the spec
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .user_agent(concat!("meshroom-svc/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static client settings");
+        Webhooks {
+            client,
+            key: secret.and_then(|s| decode_secret(s).ok()),
+            schedule: config.schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Called as a job reaches a final state: schedules a delivery when it has a callback URL.
+    pub fn begin(&self, job: &mut Job) {
+        let (Some(event), Some(_)) = (job.event(), &job.callback_url) else {
+            return;
+        };
+        job.webhook = Some(Delivery {
+            id: format!("msg_{}", Uuid::now_v7().simple()),
+            event: event.into(),
+            state: DeliveryState::Pending,
+            next_attempt_at: Some(Utc::now() + self.schedule[0]),
+            attempts: Vec::new(),
+        });
+    }
+
+    /// Starts delivering a job's pending webhook in the background, unless already under way.
+    pub fn spawn(&self, store: Arc<Store>, id: Uuid) {
+        if !self.in_flight.lock().expect("lock").insert(id) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.deliver(&store, id).await {
+                log::error!("job {id}: webhook state could not be stored: {e}");
+            }
+            this.in_flight.lock().expect("lock").remove(&id);
+        });
+    }
+
+    async fn deliver(&self, store: &Store, id: Uuid) -> Result<(), crate::jobs::StoreError> {
+        loop {
+            let Some(job) = store.get(id).await else {
+                return Ok(());
+            };
+            let (Some(d), Some(url)) = (job.webhook.clone(), job.callback_url.clone()) else {
+                return Ok(());
+            };
+            if d.state != DeliveryState::Pending {
+                return Ok(());
+            }
+            if let Some(at) = d.next_attempt_at {
+                if let Ok(wait) = (at - Utc::now()).to_std() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let (attempt, retry_after) = self.attempt(&url, &d, &payload(&job, &d.event)).await;
+            let done = d.attempts.len() + 1;
+            let state = match attempt.status {
+                Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
+                Some(410) => DeliveryState::Gone,
+                _ if done >= self.schedule.len() => DeliveryState::Failed,
+                _ => DeliveryState::Pending,
+            };
+            log::info!(
+                "job {id}: webhook {} attempt {done}: {}",
+                d.event,
+                attempt
+                    .status
+                    .map(|s| s.to_string())
+                    .or(attempt.error.clone())
+                    .unwrap_or_default()
+            );
+            let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
+            store
+                .update(id, |j| {
+                    // A retry of the job may have replaced the delivery meanwhile.
+                    if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
+                        w.attempts.push(attempt);
+                        w.state = state;
+                        w.next_attempt_at = (state == DeliveryState::Pending).then(|| Utc::now() + delay);
+                    }
+                })
+                .await?;
+        }
+    }
+
+    /// One POST; returns the recorded attempt and any Retry-After the receiver asked for.
+    async fn attempt(&self, url: &str, d: &Delivery, body: &[u8]) -> (Attempt, Duration) {
+        let at = Utc::now();
+        let mut req = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", at.timestamp().to_string());
+        if let Some(key) = &self.key {
+            req = req.header("webhook-signature", sign(key, &d.id, at.timestamp(), body));
+        }
+        match req.body(body.to_vec()).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = match status {
+                    429 | 502 | 503 | 504 => resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s.min(86_400)))
+                        .unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                let error = resp
+                    .status()
+                    .is_redirection()
+                    .then(|| "redirect not followed".to_string());
+                (
+                    Attempt {
+                        at,
+                        status: Some(status),
+                        error,
+                    },
+                    retry_after,
+                )
+            }
+            Err(e) => {
+                let reason = if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    format!("{e}")
+                };
+                (
+                    Attempt {
+                        at,
+                        status: None,
+                        error: Some(reason),
+                    },
+                    Duration::ZERO,
+                )
+            }
+        }
+    }
+}
+
+/// The body: the job as `GET /jobs/{id}` shows it, plus the event, without the delivery record
+/// itself (so every attempt sends the same bytes).
+pub fn payload(job: &Job, event: &str) -> Vec<u8> {
+    let mut v = serde_json::to_value(job).expect("jobs serialize");
+    if let Some(map) = v.as_object_mut() {
+        map.remove("webhook");
+        map.remove("updated_at");
+        map.insert("event".into(), event.into());
+    }
+    serde_json::to_vec(&v).expect("values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_webhooks_test_vector() {
+        // ../shared/docs/webhooks.md, from the reference library's own test.
+        let key = decode_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let sig = sign(
+            &key,
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1649367553,
+            br#"{"email":"test@example.com","username":"test_user"}"#,
+        );
+        assert_eq!(sig, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=");
+    }
+
+    #[test]
+    fn payload_has_the_event_and_is_stable_across_attempts() {
+        let mut job = Job::new("draft".into(), 60);
+        job.callback_url = Some("http://127.0.0.1:1/hook".into());
+        job.finish(crate::jobs::Status::Succeeded, None);
+        let hooks = Webhooks::new(&Default::default(), None);
+        hooks.begin(&mut job);
+        let first = payload(&job, "job.succeeded");
+        job.webhook.as_mut().unwrap().attempts.push(Attempt {
+            at: Utc::now(),
+            status: Some(503),
+            error: None,
+        });
+        job.updated_at = Utc::now();
+        assert_eq!(payload(&job, "job.succeeded"), first);
+        let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(v["event"], "job.succeeded");
+        assert_eq!(v["status"], "succeeded");
+    }
+}
