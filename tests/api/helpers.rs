@@ -1,0 +1,306 @@
+//! Test harness: the real app on port 0 with the fake engine, an image server and a webhook
+//! receiver, all on loopback.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use meshroom_svc::app::{start_all_in_one, App};
+use meshroom_svc::config::Config;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The webhook secret every test app signs with.
+pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// A running all-in-one app.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: Arc<App>,
+    pub dir: tempfile::TempDir,
+    pub api_key: Option<String>,
+}
+
+/// The fake engine, from tests/fixtures.
+pub fn fake_engine() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meshroom_batch")
+}
+
+/// A real photo of the buddha13 data set (read from ../shared, never copied into the repo).
+pub fn photo(n: usize) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/buddha13/images");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the buddha13 photos must be at {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    std::fs::read(&names[n % names.len()]).unwrap()
+}
+
+/// A small valid PNG (a few hundred bytes).
+pub fn tiny_png() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, 8, 8);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(&[120u8; 8 * 8 * 3])
+        .unwrap();
+    out
+}
+
+/// Test config: port 0, a temp data folder, the fake engine behind a wrapper that logs every
+/// invocation to `<dir>/invocations.jsonl`, fast webhook retries.
+pub fn test_config(dir: &Path) -> Config {
+    let wrapper = dir.join("meshroom_batch");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport FAKE_MESHROOM_LOG='{}'\nexec '{}' \"$@\"\n",
+            dir.join("invocations.jsonl").display(),
+            fake_engine().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.data_dir = dir.join("data");
+    c.engine.meshroom_batch = wrapper.display().to_string();
+    c.engine.pipelines_dir = dir.join("no-pipelines");
+    c.engine.kill_grace_secs = 1;
+    c.webhook.schedule_secs = vec![0, 1, 1, 1];
+    c.webhook.timeout_secs = 2;
+    c.secrets.webhook_secret = Some(SECRET.into());
+    c
+}
+
+/// Starts the app with no GPU and the default test config.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}, vec![]).await
+}
+
+/// Starts the app after `tweak` changed the test config, with these GPUs.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), gpus: Vec<u32>) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let api_key = config.secrets.api_keys.first().cloned();
+    let running = start_all_in_one(config, gpus).await.expect("app starts");
+    let base = format!("http://{}", running.addr);
+    let app = running.app.clone();
+    tokio::spawn(running.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        app,
+        dir,
+        api_key,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => req.header("x-api-key", k),
+            None => req,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.auth(self.client.post(self.url(path)))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.post(self.url(path))).send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.get(self.url(path))).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.auth(self.client.delete(self.url(path))).send().await.unwrap()
+    }
+
+    pub async fn upload(&self, files: Vec<(&str, Vec<u8>)>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in files {
+            form = form.part(
+                "images",
+                reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+            );
+        }
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        self.auth(self.client.post(self.url("/api/v1/jobs")))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits by URL and returns the job id.
+    pub async fn submit(&self, body: Value) -> String {
+        let resp = self.post_json("/api/v1/jobs", &body).await;
+        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+        resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let resp = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Polls until `pred` holds for the job, or panics after `secs`.
+    pub async fn wait_for(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.job(id).await;
+            if pred(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting; job is {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a final status.
+    pub async fn wait_final(&self, id: &str, secs: u64) -> Value {
+        self.wait_for(id, secs, |j| {
+            ["succeeded", "failed", "canceled"].contains(&j["status"].as_str().unwrap())
+        })
+        .await
+    }
+
+    /// Engine invocations recorded by the fake, in order.
+    pub fn invocations(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("invocations.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A webhook request as received.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Serves images at `/files/{name}` and receives webhooks at `/hook`.
+#[derive(Clone, Default)]
+pub struct Edge {
+    pub base: String,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+    statuses: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl Edge {
+    pub async fn start() -> Edge {
+        let mut edge = Edge::default();
+        let state = edge.clone();
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(web::Data::new(state.clone()))
+                .route("/files/{name}", web::get().to(serve_file))
+                .route("/hook", web::post().to(receive_hook))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        edge.base = format!("http://{}", server.addrs()[0]);
+        tokio::spawn(server.run());
+        edge
+    }
+
+    /// Makes `bytes` available at the returned URL.
+    pub fn add(&self, name: &str, bytes: Vec<u8>) -> String {
+        self.files.lock().unwrap().insert(name.into(), bytes);
+        format!("{}/files/{name}", self.base)
+    }
+
+    pub fn hook_url(&self) -> String {
+        format!("{}/hook", self.base)
+    }
+
+    /// The next webhook answers get these statuses, then 200.
+    pub fn answer_hooks_with(&self, statuses: &[u16]) {
+        self.statuses.lock().unwrap().extend(statuses);
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.hooks.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` webhooks arrived.
+    pub async fn wait_hooks(&self, n: usize, secs: u64) -> Vec<Hook> {
+        for _ in 0..secs * 20 {
+            if self.hooks().len() >= n {
+                return self.hooks();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("expected {n} webhooks, got {:?}", self.hooks());
+    }
+}
+
+async fn serve_file(edge: web::Data<Edge>, name: web::Path<String>) -> HttpResponse {
+    match edge.files.lock().unwrap().get(name.as_str()) {
+        Some(b) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(b.clone()),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn receive_hook(edge: web::Data<Edge>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    edge.hooks.lock().unwrap().push(Hook {
+        headers,
+        body: body.to_vec(),
+    });
+    let status = edge.statuses.lock().unwrap().pop_front().unwrap_or(200);
+    let mut resp = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+    if status == 302 {
+        resp.insert_header(("location", "http://127.0.0.1:9/elsewhere"));
+    }
+    resp.finish()
+}
+
+/// Checks a delivery's Standard Webhooks signature with the test secret.
+pub fn signature_valid(hook: &Hook) -> bool {
+    let key = meshroom_svc::webhook::decode_secret(SECRET).unwrap();
+    let ts: i64 = hook.headers["webhook-timestamp"].parse().unwrap();
+    let expected = meshroom_svc::webhook::sign(&key, &hook.headers["webhook-id"], ts, &hook.body);
+    hook.headers["webhook-signature"].split(' ').any(|s| s == expected)
+}
+
+/// Live processes of a job (by its environment marker), from any process on this machine.
+pub fn job_processes(id: &str) -> Vec<i32> {
+    meshroom_svc::process::job_pids(id.parse().unwrap(), None)
+}

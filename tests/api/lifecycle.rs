@@ -1,0 +1,336 @@
+//! The job lifecycle end to end: submit, progress, success, failure, timeout, cancel, retry, delete.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn submit_by_url_succeeds_with_downloadable_files() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let urls: Vec<String> = (0..3).map(|i| edge.add(&format!("p{i}.jpg"), photo(i))).collect();
+    let resp = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({"image_urls": urls, "metadata": {"order": 42}, "callback_url": edge.hook_url()}),
+        )
+        .await;
+    assert_eq!(resp.status(), 202);
+    assert!(resp.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/api/v1/jobs/"));
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["status"], "enqueued");
+    assert_eq!(job["pipeline"], "draft", "no GPU: the default preset is draft");
+    let id = job["id"].as_str().unwrap();
+
+    let job = app.wait_final(id, 30).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["progress"]["percent"], 100.0);
+    assert_eq!(job["metadata"]["order"], 42);
+    let names: Vec<&str> = job["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["texture_1001.png", "texturedMesh.mtl", "texturedMesh.obj"]);
+
+    // Download a result, whole and by range.
+    let obj = job["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "texturedMesh.obj")
+        .unwrap();
+    let body = app.get(obj["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(body.starts_with("mtllib texturedMesh.mtl"));
+    assert_eq!(body.len() as u64, obj["size"].as_u64().unwrap());
+    let part = app
+        .client
+        .get(app.url(obj["url"].as_str().unwrap()))
+        .header("range", "bytes=0-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.text().await.unwrap(), "mtllib");
+
+    // The engine ran as the contract says: pinned to no GPU, --save in the job folder, never --cache.
+    let runs = app.invocations();
+    assert_eq!(runs.len(), 1);
+    let argv: Vec<&str> = runs[0]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(argv.contains(&"--save") && argv.contains(&"photogrammetryDraft") && !argv.contains(&"--cache"));
+    assert_eq!(runs[0]["cuda"], "");
+    assert_eq!(runs[0]["job"], id);
+
+    // The log is kept, the working folder is gone.
+    let log = app.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
+    assert!(log.contains("[10/10] Publish"), "{log}");
+    assert!(!app.app.work_dir(id.parse().unwrap()).exists());
+}
+
+#[tokio::test]
+async fn submit_by_upload_succeeds() {
+    let app = spawn_app().await;
+    let resp = app
+        .upload(
+            vec![("a.jpg", photo(0)), ("b.jpg", photo(1))],
+            &[
+                ("metadata", r#"{"source": "upload"}"#),
+                ("params", r#"{"Texturing:textureSide": 2048}"#),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["uploads"][0]["name"], "0000_a.jpg");
+    assert_eq!(job["uploads"][1]["size"], photo(1).len());
+    assert_eq!(job["params"]["Texturing:textureSide"], "2048");
+    let job = app.wait_final(job["id"].as_str().unwrap(), 30).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let argv = app.invocations()[0]["argv"].to_string();
+    assert!(argv.contains("Texturing:textureSide=2048"), "{argv}");
+    // Nothing left in the upload staging folder.
+    let tmp = app.app.tmp_dir();
+    assert!(!tmp.exists() || std::fs::read_dir(tmp).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn progress_is_visible_while_running() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))]}))
+        .await;
+    let running = app
+        .wait_for(&id, 30, |j| {
+            j["stage"] == "reconstructing" && j["progress"]["node_index"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(running["status"], "processing");
+    assert_eq!(running["progress"]["node_count"], 10);
+    assert!(running["progress"]["node"].as_str().unwrap().ends_with("_1"));
+    let percent = running["progress"]["percent"].as_f64().unwrap();
+    assert!(percent > 0.0 && percent < 100.0, "{percent}");
+    let log = app.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
+    assert!(log.contains("Nodes to execute"), "{log}");
+    app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
+    app.wait_final(&id, 30).await;
+}
+
+#[tokio::test]
+async fn engine_failure_fails_the_job_with_code_and_log_tail() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add("fake-fail.jpg", photo(0))]}))
+        .await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "engine_failed");
+    assert!(
+        job["error"]["message"].as_str().unwrap().contains("FeatureMatching_1"),
+        "{job:#}"
+    );
+    assert!(job["log_tail"].as_str().unwrap().contains("no matches"), "{job:#}");
+}
+
+#[tokio::test]
+async fn missing_outputs_fail_the_job() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add("fake-nooutput.jpg", photo(0))]}))
+        .await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["error"]["code"], "engine_output_missing", "{job:#}");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_tree() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "timeout_secs": 2}))
+        .await;
+    app.wait_for(&id, 20, |_| !job_processes(&id).is_empty()).await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "engine_timeout");
+    assert_eq!(
+        job_processes(&id),
+        Vec::<i32>::new(),
+        "no process of the job may survive"
+    );
+}
+
+#[tokio::test]
+async fn cancel_while_running_kills_every_process() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let body = json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "callback_url": edge.hook_url()});
+    let id = app.submit(body).await;
+    // The hanging node ignores SIGTERM and has a grandchild in another session: 3+ processes.
+    app.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
+    let resp = app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
+    assert_eq!(resp.status(), 202);
+    let job = app.wait_final(&id, 20).await;
+    assert_eq!(job["status"], "canceled");
+    assert_eq!(job_processes(&id), Vec::<i32>::new());
+    let hooks = edge.wait_hooks(1, 10).await;
+    let body: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+    assert_eq!(body["event"], "job.canceled");
+    // A canceled job cannot be canceled again.
+    assert_eq!(app.post(&format!("/api/v1/jobs/{id}/cancel")).await.status(), 409);
+}
+
+#[tokio::test]
+async fn cancel_while_queued_never_runs_the_engine() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let blocker = app
+        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))]}))
+        .await;
+    let queued = app.submit(json!({"image_urls": [edge.add("ok.jpg", photo(1))]})).await;
+    let resp = app.post(&format!("/api/v1/jobs/{queued}/cancel")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["status"], "canceled");
+    app.post(&format!("/api/v1/jobs/{blocker}/cancel")).await;
+    app.wait_final(&blocker, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.invocations().iter().all(|r| r["job"] != queued.as_str()));
+}
+
+#[tokio::test]
+async fn retry_runs_a_failed_job_again() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    // The image is missing at first: the download fails.
+    let url = format!("{}/files/late.jpg", edge.base);
+    let id = app.submit(json!({"image_urls": [url]})).await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["error"]["code"], "download_failed", "{job:#}");
+    assert_eq!(app.post(&format!("/api/v1/jobs/{id}/retry")).await.status(), 202);
+    edge.add("late.jpg", photo(0));
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["attempts"], 2);
+    assert!(job["error"].is_null());
+    // Only failed or canceled jobs are retried.
+    assert_eq!(app.post(&format!("/api/v1/jobs/{id}/retry")).await.status(), 409);
+}
+
+#[tokio::test]
+async fn delete_removes_the_job_and_its_files() {
+    let app = spawn_app().await;
+    let resp = app.upload(vec![("a.jpg", photo(0))], &[]).await;
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    app.wait_final(&id, 30).await;
+    let folder = app.app.config.server.data_dir.join("store/jobs").join(&id);
+    assert!(folder.exists());
+    assert_eq!(app.delete(&format!("/api/v1/jobs/{id}")).await.status(), 204);
+    assert!(!folder.exists());
+    assert_eq!(app.get(&format!("/api/v1/jobs/{id}")).await.status(), 404);
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_paginated() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let url = edge.add("fake-fail.jpg", photo(0));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(app.submit(json!({"image_urls": [url]})).await);
+    }
+    for id in &ids {
+        app.wait_final(id, 30).await;
+    }
+    let page: Value = app.get("/api/v1/jobs?limit=2").await.json().await.unwrap();
+    let got: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[4].as_str(), ids[3].as_str()]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let page: Value = app
+        .get(&format!("/api/v1/jobs?limit=3&cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
+    assert!(page["next_cursor"].is_null());
+    let failed: Value = app.get("/api/v1/jobs?status=failed").await.json().await.unwrap();
+    assert_eq!(failed["jobs"].as_array().unwrap().len(), 5);
+    let none: Value = app.get("/api/v1/jobs?status=succeeded").await.json().await.unwrap();
+    assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn each_gpu_runs_its_own_job_pinned_to_it() {
+    let app = spawn_app_with(|_| {}, vec![0, 1]).await;
+    let edge = Edge::start().await;
+    let url = edge.add("fake-slow.jpg", photo(0));
+    let a = app.submit(json!({"image_urls": [url]})).await;
+    let b = app.submit(json!({"image_urls": [url]})).await;
+    // Both run at once, one per GPU, with the full (GPU) pipeline by default.
+    app.wait_for(&a, 20, |_| app.invocations().len() == 2).await;
+    assert_eq!(app.job(&a).await["status"], "processing");
+    assert_eq!(app.job(&b).await["status"], "processing");
+    let mut cuda: Vec<String> = app
+        .invocations()
+        .iter()
+        .map(|r| r["cuda"].as_str().unwrap().to_string())
+        .collect();
+    cuda.sort();
+    assert_eq!(cuda, ["0", "1"]);
+    assert!(app
+        .invocations()
+        .iter()
+        .all(|r| r["argv"].to_string().contains("\"photogrammetry\"")));
+    for id in [&a, &b] {
+        app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
+        app.wait_final(id, 20).await;
+    }
+}
+
+#[tokio::test]
+async fn finished_jobs_are_deleted_after_the_retention() {
+    let app = spawn_app_with(|c| c.worker.retention_secs = 1, vec![]).await;
+    let edge = Edge::start().await;
+    let id = app.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
+    app.wait_final(&id, 30).await;
+    for _ in 0..100 {
+        if app.get(&format!("/api/v1/jobs/{id}")).await.status() == 404 {
+            assert!(!app.app.config.server.data_dir.join("store/jobs").join(&id).exists());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job not deleted after its retention");
+}
+
+#[tokio::test]
+async fn a_missing_engine_fails_jobs_clearly_and_shows_in_ready() {
+    let app = spawn_app_with(
+        |c| c.engine.meshroom_batch = "/nonexistent/meshroom_batch".into(),
+        vec![],
+    )
+    .await;
+    let edge = Edge::start().await;
+    let ready = app.get("/ready").await;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("meshroom_batch not found"));
+    let id = app.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["error"]["code"], "engine_not_found", "{job:#}");
+}

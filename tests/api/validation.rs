@@ -1,0 +1,266 @@
+//! Bad input gets a 4xx with the `{error: {message, code}}` shape; auth; idempotency; service routes.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(resp.status(), status, "expected {code}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn json_submits_are_checked() {
+    let app = spawn_app_with(|c| c.limits.max_images = 2, vec![]).await;
+    let ok = "http://127.0.0.1:1/a.jpg";
+    let cases = [
+        (json!({}), 400, "no_images"),
+        (json!({"image_urls": ["ftp://x/a.jpg"]}), 400, "invalid_image_url"),
+        (json!({"image_urls": ["file:///etc/passwd"]}), 400, "invalid_image_url"),
+        (json!({"image_urls": ["not a url"]}), 400, "invalid_image_url"),
+        (
+            json!({"image_urls": [ok], "callback_url": "javascript:alert(1)"}),
+            400,
+            "invalid_callback_url",
+        ),
+        (json!({"image_urls": [ok, ok, ok]}), 413, "too_many_images"),
+        (json!({"image_urls": [ok], "pipeline": "nope"}), 400, "unknown_pipeline"),
+        (
+            json!({"image_urls": [ok], "pipeline": "default"}),
+            422,
+            "gpu_unavailable",
+        ),
+        (
+            json!({"image_urls": [ok], "params": {"DepthMap:downscale": 1}}),
+            400,
+            "param_not_allowed",
+        ),
+        (
+            json!({"image_urls": [ok], "params": {"Texturing:textureSide": [1]}}),
+            400,
+            "invalid_param",
+        ),
+        (json!({"image_urls": [ok], "timeout_secs": 0}), 400, "invalid_timeout"),
+        (json!({"image_urls": [ok], "surprise": true}), 400, "invalid_json"),
+        (json!({"image_urls": "http://x/a.jpg"}), 400, "invalid_json"),
+    ];
+    for (body, status, code) in cases {
+        expect_error(app.post_json("/api/v1/jobs", &body).await, status, code).await;
+    }
+    let resp = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send();
+    expect_error(resp.await.unwrap(), 400, "invalid_json").await;
+    let resp = app
+        .client
+        .post(app.url("/api/v1/jobs"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send();
+    expect_error(resp.await.unwrap(), 415, "unsupported_media_type").await;
+    let big = json!({"image_urls": [ok], "metadata": "x".repeat(2 << 20)});
+    expect_error(app.post_json("/api/v1/jobs", &big).await, 413, "payload_too_large").await;
+    // Nothing was stored.
+    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn uploads_are_checked_by_content_and_size() {
+    let photo_len = photo(0).len() as u64;
+    let app = spawn_app_with(
+        |c| {
+            c.limits.max_images = 2;
+            c.limits.max_image_bytes = photo_len;
+            c.limits.max_total_bytes = photo_len + photo_len / 2;
+        },
+        vec![],
+    )
+    .await;
+    let html = b"<html><body>not a photo</body></html>".to_vec();
+    expect_error(
+        app.upload(vec![("x.jpg", html)], &[]).await,
+        415,
+        "unsupported_image_type",
+    )
+    .await;
+    let pdf = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n".to_vec();
+    expect_error(
+        app.upload(vec![("x.jpg", pdf)], &[]).await,
+        415,
+        "unsupported_image_type",
+    )
+    .await;
+    let mut over = photo(0);
+    over.push(0);
+    expect_error(app.upload(vec![("big.jpg", over)], &[]).await, 413, "image_too_large").await;
+    let three = vec![("a.png", tiny_png()), ("b.png", tiny_png()), ("c.png", tiny_png())];
+    expect_error(app.upload(three, &[]).await, 413, "too_many_images").await;
+    let two = vec![("a.jpg", photo(0)), ("b.jpg", photo(0))];
+    expect_error(app.upload(two, &[]).await, 413, "images_too_large").await;
+    expect_error(
+        app.upload(vec![("a.jpg", photo(0))], &[("colour", "red")]).await,
+        400,
+        "unknown_field",
+    )
+    .await;
+    expect_error(
+        app.upload(vec![("a.jpg", photo(0))], &[("params", "{")]).await,
+        400,
+        "invalid_json",
+    )
+    .await;
+    expect_error(app.upload(vec![], &[("metadata", "{}")]).await, 400, "no_images").await;
+    // Nothing left behind: no job, no staged file.
+    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+    let staged = std::fs::read_dir(app.app.tmp_dir()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staged, 0);
+    let stored = std::fs::read_dir(app.app.config.server.data_dir.join("store/jobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test]
+async fn unknown_ids_routes_and_queries_are_4xx() {
+    let app = spawn_app().await;
+    let missing = uuid::Uuid::now_v7();
+    expect_error(app.get(&format!("/api/v1/jobs/{missing}")).await, 404, "job_not_found").await;
+    expect_error(app.get("/api/v1/jobs/not-a-uuid").await, 404, "job_not_found").await;
+    expect_error(
+        app.post(&format!("/api/v1/jobs/{missing}/cancel")).await,
+        404,
+        "job_not_found",
+    )
+    .await;
+    expect_error(
+        app.get(&format!("/api/v1/jobs/{missing}/files/x.obj")).await,
+        404,
+        "job_not_found",
+    )
+    .await;
+    expect_error(app.get("/api/v1/jobs?status=done").await, 400, "invalid_query").await;
+    expect_error(app.get("/api/v1/jobs?limit=0").await, 400, "invalid_query").await;
+    expect_error(app.get("/api/v1/jobs?cursor=zzz").await, 400, "invalid_query").await;
+    expect_error(app.get("/api/v2/nothing").await, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn api_keys_guard_every_job_route_but_not_health() {
+    let app = spawn_app_with(
+        |c| c.secrets.api_keys = vec!["key-one".into(), "key-two".into()],
+        vec![],
+    )
+    .await;
+    let plain = reqwest::Client::new();
+    let id = uuid::Uuid::now_v7();
+    for (method, path) in [
+        ("GET", "/api/v1/jobs".to_string()),
+        ("POST", "/api/v1/jobs".to_string()),
+        ("POST", "/api/v1/reconstruct".to_string()),
+        ("GET", format!("/api/v1/jobs/{id}")),
+        ("DELETE", format!("/api/v1/jobs/{id}")),
+        ("POST", format!("/api/v1/jobs/{id}/cancel")),
+        ("POST", format!("/api/v1/jobs/{id}/retry")),
+        ("GET", format!("/api/v1/jobs/{id}/log")),
+        ("GET", format!("/api/v1/jobs/{id}/files/a.obj")),
+    ] {
+        let req = plain.request(method.parse().unwrap(), app.url(&path));
+        expect_error(req.send().await.unwrap(), 401, "missing_api_key").await;
+        let req = plain
+            .request(method.parse().unwrap(), app.url(&path))
+            .header("x-api-key", "key-three");
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(
+            !resp.text().await.unwrap().contains("key-"),
+            "keys never appear in error bodies"
+        );
+    }
+    // The second key works; health, readiness and the API document are open.
+    let resp = plain
+        .get(app.url("/api/v1/jobs"))
+        .header("x-api-key", "key-two")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for open in ["/health", "/ready", "/", "/api/v1/openapi.json"] {
+        assert_eq!(plain.get(app.url(open)).send().await.unwrap().status(), 200, "{open}");
+    }
+}
+
+#[tokio::test]
+async fn all_in_one_refuses_a_public_address_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.listen = "0.0.0.0:0".into();
+    let err = meshroom_svc::app::start_all_in_one(config, vec![])
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("MESHROOM_SVC_API_KEYS"), "{err}");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_job() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))]});
+    let send = || {
+        app.client
+            .post(app.url("/api/v1/jobs"))
+            .header("idempotency-key", "order-7")
+            .json(&body)
+            .send()
+    };
+    // Concurrent first requests, then a late repeat: one job in all.
+    let (a, b) = tokio::join!(send(), send());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["id"], b["id"]);
+    let c = send().await.unwrap();
+    assert_eq!(c.headers()["idempotent-replayed"], "true");
+    assert_eq!(c.json::<Value>().await.unwrap()["id"], a["id"]);
+    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    // The alias route accepts the same requests.
+    let alias = app
+        .post_json(
+            "/api/v1/reconstruct",
+            &json!({"image_urls": [edge.add("b.jpg", photo(1))]}),
+        )
+        .await;
+    assert_eq!(alias.status(), 202);
+}
+
+#[tokio::test]
+async fn service_routes_describe_the_service() {
+    let app = spawn_app().await;
+    let root: Value = app.get("/").await.json().await.unwrap();
+    assert_eq!(root["name"], "meshroom-svc");
+    assert_eq!(root["queue"]["kind"], "in-process");
+    assert_eq!(root["default_pipeline"], "draft");
+    let ready: Value = app.get("/ready").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let doc: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/cancel",
+        "/api/v1/jobs/{id}/files/{name}",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Job"].is_object());
+}

@@ -1,0 +1,75 @@
+//! Webhooks: Standard Webhooks signatures, retries with one id, 410, redirects.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn signed_and_retried_until_delivered_with_one_id() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    edge.answer_hooks_with(&[503, 503]);
+    let body =
+        json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url(), "metadata": {"k": 1}});
+    let id = app.submit(body).await;
+    let hooks = edge.wait_hooks(3, 20).await;
+    assert_eq!(hooks.len(), 3);
+    let webhook_id = &hooks[0].headers["webhook-id"];
+    for h in &hooks {
+        assert_eq!(&h.headers["webhook-id"], webhook_id, "one id across retries");
+        assert!(signature_valid(h), "bad signature: {:?}", h.headers);
+        assert_eq!(h.body, hooks[0].body, "same body on every attempt");
+    }
+    let payload: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+    assert_eq!(payload["event"], "job.succeeded");
+    assert_eq!(payload["id"], id.as_str());
+    assert_eq!(payload["metadata"]["k"], 1);
+    assert_eq!(payload["results"].as_array().unwrap().len(), 3);
+    let job = app.wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered").await;
+    let statuses: Vec<u64> = job["webhook"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    assert!(job["webhook"]["next_attempt_at"].is_null());
+}
+
+#[tokio::test]
+async fn gone_stops_and_redirects_are_not_followed() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    edge.answer_hooks_with(&[410]);
+    let url = edge.add("fake-fail.jpg", photo(0));
+    let id = app
+        .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
+        .await;
+    let job = app.wait_for(&id, 20, |j| j["webhook"]["state"] == "gone").await;
+    assert_eq!(job["webhook"]["event"], "job.failed");
+    assert_eq!(job["webhook"]["attempts"].as_array().unwrap().len(), 1);
+
+    edge.answer_hooks_with(&[302, 302, 302, 302]);
+    let id = app
+        .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
+        .await;
+    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
+    let attempts = job["webhook"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "the configured schedule has 4 attempts");
+    assert!(attempts
+        .iter()
+        .all(|a| a["status"] == 302 && a["error"] == "redirect not followed"));
+    assert_eq!(edge.hooks().len(), 5);
+}
+
+#[tokio::test]
+async fn an_unreachable_receiver_is_retried_then_given_up() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    // Nothing listens on port 9 of loopback (discard): connection refused at every attempt.
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": "http://127.0.0.1:9/hook"});
+    let id = app.submit(body).await;
+    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
+    let attempts = job["webhook"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4);
+    assert!(attempts.iter().all(|a| a["status"].is_null() && a["error"].is_string()));
+}
