@@ -5,9 +5,16 @@ use meshroom_svc::config::Config;
 use std::path::{Path, PathBuf};
 
 #[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // The message and its causes, without a backtrace: these are operator errors, not bugs.
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let path: Option<PathBuf> = cli.config.clone().or_else(|| {
         let default = Path::new("meshroom.toml");
         default.exists().then(|| default.to_path_buf())

@@ -167,7 +167,7 @@ impl Webhooks {
                 let reason = if e.is_timeout() {
                     "timed out".to_string()
                 } else {
-                    format!("{e}")
+                    e.without_url().to_string()
                 };
                 (
                     Attempt {

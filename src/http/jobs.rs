@@ -104,7 +104,7 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
         s => Err(ApiError::new(
             StatusCode::CONFLICT,
             "job_not_cancelable",
-            format!("the job is already {s:?}").to_lowercase(),
+            format!("the job is already {}", s.as_str()),
         )),
     }
 }

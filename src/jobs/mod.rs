@@ -26,6 +26,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The name used in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Enqueued => "enqueued",
+            Status::Processing => "processing",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Canceled => "canceled",
+        }
+    }
+
     /// True once the job can no longer change by itself.
     pub fn is_final(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::Canceled)

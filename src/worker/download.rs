@@ -46,7 +46,8 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
 
 async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &AtomicU64) -> Result<(), ErrorInfo> {
     let limits = &app.config.limits;
-    let failed = |why: String| ErrorInfo::new("download_failed", format!("image {url}: {why}"));
+    let shown = display_url(url);
+    let failed = |why: String| ErrorInfo::new("download_failed", format!("image {shown}: {why}"));
     let timeout = Duration::from_secs(app.config.worker.download_timeout_secs);
     let resp = app
         .downloads
@@ -54,7 +55,7 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(e.without_url().to_string()))?;
     if !resp.status().is_success() {
         return Err(failed(format!("HTTP {}", resp.status())));
     }
@@ -65,7 +66,7 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
     while head.len() < images::SNIFF_LEN {
         match body.next().await {
             Some(chunk) => {
-                let chunk = chunk.map_err(|e| failed(e.to_string()))?;
+                let chunk = chunk.map_err(|e| failed(e.without_url().to_string()))?;
                 head.extend_from_slice(&chunk);
             }
             None => break,
@@ -74,7 +75,7 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
     let kind = images::sniff(&head).ok_or_else(|| {
         ErrorInfo::new(
             "unsupported_image_type",
-            format!("image {url}: not a JPEG, PNG or TIFF file"),
+            format!("image {shown}: not a JPEG, PNG or TIFF file"),
         )
     })?;
     let path = dir.join(images::file_name(index, &name_hint, kind));
@@ -87,7 +88,7 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
         let chunk = match pending.take() {
             Some(c) => c,
             None => match body.next().await {
-                Some(c) => c.map_err(|e| failed(e.to_string()))?,
+                Some(c) => c.map_err(|e| failed(e.without_url().to_string()))?,
                 None => break,
             },
         };
@@ -97,7 +98,7 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
             return Err(ErrorInfo::new(
                 "image_too_large",
                 format!(
-                    "image {url}: larger than limits.max_image_bytes ({})",
+                    "image {shown}: larger than limits.max_image_bytes ({})",
                     limits.max_image_bytes
                 ),
             ));
@@ -115,4 +116,21 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
     }
     file.flush().await.map_err(|e| failed(e.to_string()))?;
     Ok(())
+}
+
+/// A URL as shown in errors: without credentials or query string (signed URLs carry tokens there).
+fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or(""), u.path()),
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shown_urls_carry_no_secrets() {
+        let shown = super::display_url("https://user:pw@example.com/a/b.jpg?X-Amz-Signature=abc");
+        assert_eq!(shown, "https://example.com/a/b.jpg");
+    }
 }

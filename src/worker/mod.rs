@@ -118,8 +118,8 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) {
         Ok(_) => {
             if let Some(j) = app.store.get(id).await {
                 log::info!(
-                    "job {id}: {:?}{}",
-                    j.status,
+                    "job {id}: {}{}",
+                    j.status.as_str(),
                     j.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
                 );
             }

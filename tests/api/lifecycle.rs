@@ -143,6 +143,29 @@ async fn engine_failure_fails_the_job_with_code_and_log_tail() {
 }
 
 #[tokio::test]
+async fn failed_work_folders_are_kept_when_configured() {
+    let app = spawn_app_with(|c| c.worker.keep_failed_workdir = true, vec![]).await;
+    let edge = Edge::start().await;
+    let failed = app
+        .submit(json!({"image_urls": [edge.add("fake-fail.jpg", photo(0))]}))
+        .await;
+    let ok = app
+        .submit(json!({"image_urls": [edge.add("fine.jpg", photo(1))]}))
+        .await;
+    app.wait_final(&failed, 30).await;
+    app.wait_final(&ok, 30).await;
+    let kept = app.app.work_dir(failed.parse().unwrap());
+    assert!(
+        kept.join("MeshroomCache/FeatureMatching").is_dir(),
+        "the failed job's cache is kept for debugging"
+    );
+    assert!(
+        !app.app.work_dir(ok.parse().unwrap()).exists(),
+        "successful jobs are cleaned up"
+    );
+}
+
+#[tokio::test]
 async fn missing_outputs_fail_the_job() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
