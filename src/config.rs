@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod overrides;
 
@@ -21,83 +21,36 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
+    /// Job queue backend.
+    pub queue: QueueConfig,
+    /// Storage backend.
+    pub storage: StorageConfig,
     /// Secrets, read from the environment only and never printed.
     #[serde(skip)]
     pub secrets: Secrets,
 }
 
-/// `[server]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address the API binds.
-    pub listen: String,
-    /// Folder for job state, stored files and working folders.
-    pub data_dir: PathBuf,
-    /// Largest JSON request body, bytes.
-    pub max_json_bytes: u64,
-}
+mod sections;
+pub use sections::*;
 
-/// `[limits]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Most images in one job.
-    pub max_images: u64,
-    /// Largest single image, bytes.
-    pub max_image_bytes: u64,
-    /// Largest sum of a job's images, bytes.
-    pub max_total_bytes: u64,
-}
-
-/// `[engine]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
-    /// Path of `meshroom_batch`; empty means `$MESHROOM_BATCH`, then `PATH`.
-    pub meshroom_batch: String,
-    /// Folder of pipeline presets (`*.toml`); the built-in presets are used when it is missing.
-    pub pipelines_dir: PathBuf,
-    /// Default and largest per-job timeout, seconds.
-    pub timeout_secs: u64,
-    /// Time between SIGTERM and SIGKILL when a run is stopped, seconds.
-    pub kill_grace_secs: u64,
-    /// Bytes of the engine log kept as the "tail" in errors and `GET /jobs/{id}/log`.
-    pub log_tail_bytes: u64,
-}
-
-/// `[worker]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerConfig {
-    /// Images downloaded at once per job.
-    pub download_concurrency: u64,
-    /// Timeout of one image download, seconds.
-    pub download_timeout_secs: u64,
-    /// Keep the working folder of failed jobs for debugging.
-    pub keep_failed_workdir: bool,
-    /// Finished jobs and their files are deleted this many seconds after they end (0 = never).
-    pub retention_secs: u64,
-}
-
-/// `[webhook]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    /// Delay before each attempt, seconds; its length is the number of attempts.
-    pub schedule_secs: Vec<u64>,
-    /// Timeout of one attempt, seconds.
-    pub timeout_secs: u64,
-}
-
-/// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`).
+/// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`,
+/// `MESHROOM_SVC_AMQP_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
 #[derive(Clone, Default, PartialEq)]
 pub struct Secrets {
     /// Accepted `X-API-Key` values; empty means no authentication.
     pub api_keys: Vec<String>,
     /// Standard Webhooks signing secret (`whsec_...`).
     pub webhook_secret: Option<String>,
+    /// RabbitMQ URL with credentials, e.g. `amqp://user:pass@host:5672/%2f`.
+    pub amqp_url: Option<String>,
+    /// S3 access key id.
+    pub aws_access_key_id: Option<String>,
+    /// S3 secret key.
+    pub aws_secret_access_key: Option<String>,
 }
+
+/// Used when `MESHROOM_SVC_AMQP_URL` is unset: a broker on this machine with RabbitMQ's default user.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 impl std::fmt::Debug for Secrets {
     // Never print secret values, only whether they are set.
@@ -105,60 +58,13 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("api_keys", &format!("{} key(s)", self.api_keys.len()))
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "set"))
+            .field("amqp_url", &self.amqp_url.as_ref().map(|_| "set"))
+            .field("aws_access_key_id", &self.aws_access_key_id.as_ref().map(|_| "set"))
+            .field(
+                "aws_secret_access_key",
+                &self.aws_secret_access_key.as_ref().map(|_| "set"),
+            )
             .finish()
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8080".into(),
-            data_dir: "./data".into(),
-            max_json_bytes: 1 << 20,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_images: 500,
-            max_image_bytes: 100 << 20,
-            max_total_bytes: 10 << 30,
-        }
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            meshroom_batch: String::new(),
-            pipelines_dir: "pipelines".into(),
-            timeout_secs: 24 * 3600,
-            kill_grace_secs: 10,
-            log_tail_bytes: 16 << 10,
-        }
-    }
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            download_concurrency: 8,
-            download_timeout_secs: 300,
-            keep_failed_workdir: false,
-            retention_secs: 7 * 24 * 3600,
-        }
-    }
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        // The Svix schedule from the Standard Webhooks spec: about 27.6 hours in 8 tries.
-        Self {
-            schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
-            timeout_secs: 15,
-        }
     }
 }
 
@@ -237,6 +143,29 @@ impl Config {
                 problems.push(format!("{key}: must be greater than 0"));
             }
         }
+        if self.storage.kind == StorageKind::S3 {
+            if self.storage.bucket.is_empty() {
+                problems.push("storage.bucket: required when storage.kind = \"s3\"".into());
+            }
+            if self.secrets.aws_access_key_id.is_none() || self.secrets.aws_secret_access_key.is_none() {
+                problems
+                    .push("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: required when storage.kind = \"s3\"".into());
+            }
+        }
+        if !self.storage.prefix.is_empty() && !self.storage.prefix.ends_with('/') {
+            problems.push("storage.prefix: must end with '/'".into());
+        }
+        if !(1..=604_800).contains(&self.storage.presign_expiry_secs) {
+            problems.push("storage.presign_expiry_secs: must be 1 to 604800 (7 days, the S3 maximum)".into());
+        }
+        if self.queue.max_deliveries == 0 {
+            problems.push("queue.max_deliveries: must be greater than 0".into());
+        }
+        if let Some(url) = &self.secrets.amqp_url {
+            if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+                problems.push("MESHROOM_SVC_AMQP_URL: expected amqp://user:password@host:port/vhost".into());
+            }
+        }
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }
@@ -262,6 +191,9 @@ impl Secrets {
                 })
                 .unwrap_or_default(),
             webhook_secret: get("MESHROOM_SVC_WEBHOOK_SECRET").filter(|s| !s.is_empty()),
+            amqp_url: get("MESHROOM_SVC_AMQP_URL").filter(|s| !s.is_empty()),
+            aws_access_key_id: get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()),
+            aws_secret_access_key: get("AWS_SECRET_ACCESS_KEY").filter(|s| !s.is_empty()),
         }
     }
 }

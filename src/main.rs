@@ -20,33 +20,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         default.exists().then(|| default.to_path_buf())
     });
     let mut config = Config::load(path.as_deref())?;
-    match cli.command {
+    let running = match cli.command {
         Command::AllInOne(args) => {
-            if let Some(listen) = args.listen {
-                config.server.listen = listen;
-            }
-            if let Some(dir) = args.data_dir {
-                config.server.data_dir = dir;
-            }
+            apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
-            let gpus = args.gpu.resolve().await;
-            log::info!(
-                "GPUs: {}",
-                if gpus.is_empty() {
-                    "none (CPU pipelines only)".into()
-                } else {
-                    format!("{gpus:?}")
-                }
-            );
-            let running = meshroom_svc::app::start_all_in_one(config, gpus)
-                .await
-                .context("cannot start")?;
-            running.run_until_stopped().await?;
+            let gpus = gpus(&args.gpu).await;
+            meshroom_svc::app::start_all_in_one(config, gpus).await
         }
-        Command::Serve(_) | Command::Work(_) => anyhow::bail!(
-            "distributed mode (serve and work over RabbitMQ and S3) is not in this version yet; \
-             run `meshroom-svc all-in-one`"
-        ),
-    }
+        Command::Serve(args) => {
+            apply(&mut config, args.listen, args.data_dir);
+            meshroom_svc::app::start_serve(Config::checked(config)?).await
+        }
+        Command::Work(args) => {
+            apply(&mut config, None, args.data_dir);
+            let config = Config::checked(config)?;
+            let gpus = gpus(&args.gpu).await;
+            meshroom_svc::app::start_work(config, gpus).await
+        }
+    };
+    running.context("cannot start")?.run_until_stopped().await?;
     Ok(())
+}
+
+/// Command-line flags win over the file and the environment.
+fn apply(config: &mut Config, listen: Option<String>, data_dir: Option<PathBuf>) {
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = data_dir {
+        config.server.data_dir = dir;
+    }
+}
+
+async fn gpus(choice: &meshroom_svc::cli::Gpus) -> Vec<u32> {
+    let gpus = choice.resolve().await;
+    log::info!(
+        "GPUs: {}",
+        if gpus.is_empty() {
+            "none (CPU pipelines only)".into()
+        } else {
+            format!("{gpus:?}")
+        }
+    );
+    gpus
 }

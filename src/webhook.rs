@@ -3,6 +3,7 @@
 
 use crate::config::WebhookConfig;
 use crate::jobs::{Attempt, Delivery, DeliveryState, Job, Store};
+use crate::queue::{Queue, Settle};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::Utc;
@@ -10,6 +11,7 @@ use hmac::{Hmac, Mac};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Decodes a `whsec_...` secret (the prefix is optional) into the HMAC key.
@@ -65,65 +67,105 @@ impl Webhooks {
         });
     }
 
-    /// Starts delivering a job's pending webhook in the background, unless already under way.
+    /// Delivers a job's pending webhook from a task of this process (in-process queue), unless
+    /// one is already under way.
     pub fn spawn(&self, store: Arc<Store>, id: Uuid) {
         if !self.in_flight.lock().expect("lock").insert(id) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.deliver(&store, id).await {
-                log::error!("job {id}: webhook state could not be stored: {e}");
+            loop {
+                match this.step(&store, id).await {
+                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::error!("job {id}: webhook state unavailable ({e}); trying again in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
             }
             this.in_flight.lock().expect("lock").remove(&id);
         });
     }
 
-    async fn deliver(&self, store: &Store, id: Uuid) -> Result<(), crate::jobs::StoreError> {
-        loop {
-            let Some(job) = store.get(id).await else {
-                return Ok(());
-            };
-            let (Some(d), Some(url)) = (job.webhook.clone(), job.callback_url.clone()) else {
-                return Ok(());
-            };
-            if d.state != DeliveryState::Pending {
-                return Ok(());
-            }
-            if let Some(at) = d.next_attempt_at {
-                if let Ok(wait) = (at - Utc::now()).to_std() {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            let (attempt, retry_after) = self.attempt(&url, &d, &payload(&job, &d.event)).await;
-            let done = d.attempts.len() + 1;
-            let state = match attempt.status {
-                Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
-                Some(410) => DeliveryState::Gone,
-                _ if done >= self.schedule.len() => DeliveryState::Failed,
-                _ => DeliveryState::Pending,
-            };
-            log::info!(
-                "job {id}: webhook {} attempt {done}: {}",
-                d.event,
-                attempt
-                    .status
-                    .map(|s| s.to_string())
-                    .or(attempt.error.clone())
-                    .unwrap_or_default()
-            );
-            let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
-            store
-                .update(id, |j| {
-                    // A retry of the job may have replaced the delivery meanwhile.
-                    if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
-                        w.attempts.push(attempt);
-                        w.state = state;
-                        w.next_attempt_at = (state == DeliveryState::Pending).then(|| Utc::now() + delay);
+    /// Runs webhook attempts that RabbitMQ hands to this process, until `stop`.
+    pub async fn consume(&self, store: &Store, queue: &Queue, stop: &CancellationToken) {
+        let Queue::Rabbitmq(amqp) = queue else { return };
+        while let Some(delivery) = amqp.next_webhook(stop).await {
+            let id = delivery.id;
+            let how = match self.step(store, id).await {
+                Ok(None) => Settle::Ack,
+                Ok(Some(wait)) => match queue.push_webhook(id, wait).await {
+                    Ok(()) => Settle::Ack,
+                    Err(e) => {
+                        log::warn!("job {id}: next webhook attempt not queued ({e})");
+                        Settle::Requeue
                     }
-                })
-                .await?;
+                },
+                Err(e) => {
+                    log::warn!("job {id}: webhook state unavailable ({e})");
+                    Settle::Requeue
+                }
+            };
+            if how == Settle::Requeue {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            delivery.settle(how).await;
         }
+    }
+
+    /// Makes the attempt of a job's pending delivery if it is due and records it. Returns how
+    /// long to wait before calling again, or `None` when nothing is pending any more.
+    pub async fn step(&self, store: &Store, id: Uuid) -> Result<Option<Duration>, crate::jobs::StoreError> {
+        let Some(job) = store.get(id).await? else {
+            return Ok(None);
+        };
+        let (Some(d), Some(url)) = (job.webhook.clone(), job.callback_url.clone()) else {
+            return Ok(None);
+        };
+        if d.state != DeliveryState::Pending {
+            return Ok(None);
+        }
+        if let Some(wait) = d.next_attempt_at.and_then(|at| (at - Utc::now()).to_std().ok()) {
+            if wait > Duration::from_millis(500) {
+                return Ok(Some(wait)); // not due yet (early delivery, or a restart)
+            }
+        }
+        let (attempt, retry_after) = self.attempt(&url, &d, &payload(&job, &d.event)).await;
+        let done = d.attempts.len() + 1;
+        let state = match attempt.status {
+            Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
+            Some(410) => DeliveryState::Gone,
+            _ if done >= self.schedule.len() => DeliveryState::Failed,
+            _ => DeliveryState::Pending,
+        };
+        log::info!(
+            "job {id}: webhook {} attempt {done}: {}",
+            d.event,
+            attempt
+                .status
+                .map(|s| s.to_string())
+                .or(attempt.error.clone())
+                .unwrap_or_default()
+        );
+        let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
+        store
+            .update(id, |j| {
+                // A retry of the job may have replaced the delivery meanwhile.
+                if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
+                    w.attempts.push(attempt);
+                    w.state = state;
+                    w.next_attempt_at = (state == DeliveryState::Pending).then(|| Utc::now() + delay);
+                }
+            })
+            .await?;
+        Ok((state == DeliveryState::Pending).then_some(delay))
+    }
+
+    /// The delay before the first attempt of a delivery just begun.
+    pub fn first_delay(&self) -> Duration {
+        self.schedule[0]
     }
 
     /// One POST; returns the recorded attempt and any Retry-After the receiver asked for.

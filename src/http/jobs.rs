@@ -22,7 +22,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
     let id: Uuid = id.parse().map_err(|_| ApiError::job_not_found())?;
-    app.store.get(id).await.ok_or_else(ApiError::job_not_found)
+    app.store.get(id).await?.ok_or_else(ApiError::job_not_found)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -61,10 +61,7 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", "limit must be 1 to 100"));
     }
-    // One more than asked tells whether another page exists.
-    let mut jobs = app.store.list(q.status, limit + 1, q.cursor).await;
-    let next_cursor = (jobs.len() > limit).then(|| jobs[limit - 1].id);
-    jobs.truncate(limit);
+    let (jobs, next_cursor) = app.store.list(q.status, limit, q.cursor).await?;
     Ok(HttpResponse::Ok().json(JobPage { jobs, next_cursor }))
 }
 
@@ -75,38 +72,34 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
     security(("api_key" = [])))]
 pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = find(&app, &id).await?;
-    let status = app
+    if job.status.is_final() {
+        let message = format!("the job is already {}", job.status.as_str());
+        return Err(ApiError::new(StatusCode::CONFLICT, "job_not_cancelable", message));
+    }
+    // The marker reaches the job's worker wherever it runs (it looks every second).
+    app.store.request_cancel(job.id).await?;
+    let canceled = app
         .store
         .update(job.id, |j| {
-            match j.status {
-                Status::Enqueued => {
-                    j.finish(Status::Canceled, None);
-                    app.webhooks.begin(j);
-                }
-                Status::Processing => j.cancel_requested = true,
-                _ => {}
+            if j.status == Status::Enqueued {
+                j.finish(Status::Canceled, None);
+                app.webhooks.begin(j);
             }
-            j.status
+            j.clone()
         })
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    match status {
-        Status::Canceled if job.status == Status::Enqueued => {
-            log::info!("job {}: canceled while queued", job.id);
-            app.webhooks.spawn(app.store.clone(), job.id);
-            Ok(HttpResponse::Ok().json(app.store.get(job.id).await))
-        }
-        Status::Processing => {
-            worker::cancel(&app, job.id);
-            log::info!("job {}: cancel requested while running", job.id);
-            Ok(HttpResponse::Accepted().json(app.store.get(job.id).await))
-        }
-        s => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_not_cancelable",
-            format!("the job is already {}", s.as_str()),
-        )),
+    if canceled.status == Status::Canceled {
+        log::info!("job {}: canceled while queued", job.id);
+        app.start_webhook(job.id).await?;
+        return Ok(HttpResponse::Ok().json(canceled));
     }
+    worker::cancel(&app, job.id);
+    log::info!("job {}: cancel requested while running", job.id);
+    Ok(HttpResponse::Accepted().json(Job {
+        cancel_requested: true,
+        ..canceled
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -114,26 +107,36 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
     security(("api_key" = [])))]
 pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = find(&app, &id).await?;
-    let retried = app
-        .store
-        .update(job.id, |j| {
-            let ok = matches!(j.status, Status::Failed | Status::Canceled);
-            if ok {
-                j.reset_for_retry();
-            }
-            ok
-        })
-        .await?;
-    if retried != Some(true) {
+    if !matches!(job.status, Status::Failed | Status::Canceled) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "job_not_retryable",
             "only failed or canceled jobs can be retried",
         ));
     }
-    app.queue.push(job.id);
+    app.store.clear_cancel(job.id).await?;
+    let retried = app
+        .store
+        .update(job.id, |j| {
+            j.reset_for_retry();
+            j.clone()
+        })
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    if let Err(e) = app.enqueue(&retried).await {
+        // Not queued: put the job back as it was, so that it can be retried again.
+        app.store
+            .update(job.id, |j| {
+                *j = Job {
+                    updated_at: j.updated_at,
+                    ..job.clone()
+                }
+            })
+            .await?;
+        return Err(e.into());
+    }
     log::info!("job {}: retried", job.id);
-    Ok(HttpResponse::Accepted().json(app.store.get(job.id).await))
+    Ok(HttpResponse::Accepted().json(retried))
 }
 
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -159,6 +162,7 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
     params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "Result file name")),
     responses((status = 200, description = "The file (Range supported)", content_type = "application/octet-stream"),
         (status = 206, description = "Part of the file"),
+        (status = 302, description = "S3 storage: a presigned link to the file"),
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn file(

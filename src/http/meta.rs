@@ -1,7 +1,6 @@
 //! Service routes outside `/api/v1`: liveness, readiness and a summary. Open without an API key.
 
 use crate::app::App;
-use crate::jobs::Status;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -27,8 +26,10 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
         Some(p) => format!("ok: {}", p.display()),
         None => "error: meshroom_batch not found (engine.meshroom_batch, MESHROOM_BATCH or PATH)".to_string(),
     };
-    // The in-process queue cannot be unavailable while the process runs.
-    let queue = "ok".to_string();
+    let queue = match app.queue.is_available() {
+        true => "ok".to_string(),
+        false => "error: the message broker is unreachable; reconnecting".to_string(),
+    };
     let ok = [&storage, &engine, &queue].iter().all(|s| s.starts_with("ok"));
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"storage": storage, "queue": queue, "engine": engine}});
     if ok {
@@ -45,7 +46,9 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
         "name": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "engine": {"name": "meshroom", "binary": binary.map(|p| p.display().to_string())},
-        "queue": {"kind": app.queue.kind(), "depth": app.queue.depth(), "processing": app.store.count(Status::Processing).await},
+        "queue": {"kind": app.queue.kind(), "depth": app.queue.depth().await},
+        "storage": app.storage.kind(),
+        "running_here": app.running.lock().expect("lock").len(),
         "gpus": app.gpus,
         "pipelines": app.pipelines.names(),
         "default_pipeline": crate::pipelines::Pipelines::default_name(app.gpu_available()),

@@ -40,6 +40,8 @@ pub struct SubmitRequest {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Engine time limit in seconds (at most `engine.timeout_secs`).
     pub timeout_secs: Option<u64>,
+    /// `normal` (default) or `high`: high-priority jobs are taken first.
+    pub priority: Option<crate::jobs::Priority>,
 }
 
 /// Multipart form of a job request (for the OpenAPI document).
@@ -60,6 +62,8 @@ pub struct SubmitForm {
     params: Option<String>,
     /// As in the JSON request.
     timeout_secs: Option<u64>,
+    /// As in the JSON request.
+    priority: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
@@ -82,7 +86,7 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     if let Some(key) = &idempotency_key {
-        if let Some(job) = app.store.find_idempotent(key).await {
+        if let Some(job) = app.store.find_idempotent(key).await? {
             return Ok(accepted(&job, true));
         }
     }
@@ -146,7 +150,11 @@ pub(super) async fn submit(
         let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
         return Ok(accepted(&stored, true));
     }
-    app.queue.push(stored.id);
+    if let Err(e) = app.enqueue(&stored).await {
+        // Not queued, so not accepted: remove it, and the client may submit again.
+        let _ = app.store.remove(stored.id).await;
+        return Err(e.into());
+    }
     log::info!(
         "job {}: enqueued ({} URLs, {} uploads, pipeline {})",
         stored.id,
@@ -288,6 +296,7 @@ fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<()
         "callback_url" => request.callback_url = Some(text),
         "metadata" => request.metadata = Some(json(name, &text)?),
         "pipeline" => request.pipeline = Some(text),
+        "priority" => request.priority = Some(json(name, &format!("{text:?}"))?),
         "params" => request.params = json(name, &text)?,
         "timeout_secs" => {
             request.timeout_secs = Some(text.trim().parse().map_err(|_| {
@@ -379,6 +388,7 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     job.callback_url = req.callback_url;
     job.metadata = req.metadata;
     job.timeout_secs = timeout_secs;
+    job.priority = req.priority.unwrap_or_default();
     Ok(())
 }
 

@@ -43,6 +43,17 @@ impl Status {
     }
 }
 
+/// Queue priority, chosen at submit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// The default.
+    #[default]
+    Normal,
+    /// Taken before every normal job.
+    High,
+}
+
 /// What a processing job is doing now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +171,9 @@ pub struct Job {
     pub progress: Progress,
     /// Pipeline preset name.
     pub pipeline: String,
+    /// Queue priority.
+    #[serde(default)]
+    pub priority: Priority,
     /// Per-job parameter overrides (checked against the preset's allow-list).
     pub params: BTreeMap<String, String>,
     /// Images to download.
@@ -176,6 +190,9 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     /// Times the job was taken by a worker.
     pub attempts: u32,
+    /// Attempts since the last retry whose worker died before recording an outcome.
+    #[serde(default)]
+    pub lost_attempts: u32,
     /// Set when a cancel was asked while processing.
     pub cancel_requested: bool,
     /// Creation time.
@@ -206,6 +223,7 @@ impl Job {
             stage: None,
             progress: Progress::default(),
             pipeline,
+            priority: Priority::Normal,
             params: BTreeMap::new(),
             image_urls: Vec::new(),
             uploads: Vec::new(),
@@ -214,6 +232,7 @@ impl Job {
             timeout_secs,
             idempotency_key: None,
             attempts: 0,
+            lost_attempts: 0,
             cancel_requested: false,
             created_at: now,
             updated_at: now,
@@ -250,6 +269,7 @@ impl Job {
         self.started_at = None;
         self.finished_at = None;
         self.cancel_requested = false;
+        self.lost_attempts = 0;
     }
 
     /// The webhook event name of a final state.

@@ -1,9 +1,14 @@
-//! Job records, kept as `jobs/{id}/job.json` in storage with an in-memory index for reads.
-//! Every change is written to storage before it is visible, so a crash loses nothing acknowledged.
+//! Job records in storage, read through on every call so that every process sees the same state.
+//!
+//! - `jobs/{id}/job.json`: the record.
+//! - `jobs/{id}/cancel`: a cancel marker, written by the API, polled by the worker running the job.
+//! - `index/{inverted id}`: one empty object per job; ids are UUIDv7, so ascending inverted ids
+//!   list newest first, as S3 can only list in ascending order.
+//! - `idempotency/{sha256 of key}`: the id of the job submitted with that `Idempotency-Key`.
 
 use super::{Job, Status};
 use crate::storage::{Storage, StorageError};
-use std::collections::{BTreeMap, HashMap};
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -13,136 +18,184 @@ pub enum StoreError {
     /// Storage could not be read or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// A record could not be encoded.
+    /// A record could not be encoded or decoded.
     #[error("job record: {0}")]
     Encode(#[from] serde_json::Error),
 }
+
+/// Index entries read per list call at most, so a rare status filter cannot scan forever: the page
+/// may then hold fewer jobs than asked, with a cursor to go on.
+const SCAN_LIMIT: usize = 1000;
 
 /// Reads and writes job records.
 #[derive(Debug)]
 pub struct Store {
     storage: Storage,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    jobs: BTreeMap<Uuid, Job>,
-    idempotency: HashMap<String, Uuid>,
+    // Read-modify-write of a record within this process is serialized; across processes each
+    // record has one writer at a time (the API before and after a run, the worker during it).
+    writes: Mutex<()>,
 }
 
 fn record_key(id: Uuid) -> String {
     Job::key(id, "job.json")
 }
 
+fn index_name(id: Uuid) -> String {
+    format!("{:032x}", u128::MAX - id.as_u128())
+}
+
+fn index_id(name: &str) -> Option<Uuid> {
+    u128::from_str_radix(name, 16)
+        .ok()
+        .map(|inv| Uuid::from_u128(u128::MAX - inv))
+}
+
+fn idempotency_key(key: &str) -> String {
+    format!("idempotency/{:x}", Sha256::digest(key.as_bytes()))
+}
+
 impl Store {
-    /// Loads every job record from storage; folders without a record (a submit that crashed before
-    /// answering) are removed.
-    pub async fn open(storage: Storage) -> Result<Store, StoreError> {
-        let mut inner = Inner::default();
-        for name in storage.list_children("jobs/").await? {
-            let Ok(id) = name.parse::<Uuid>() else {
-                continue;
-            };
-            match storage.get_bytes(&record_key(id)).await? {
-                Some(bytes) => match serde_json::from_slice::<Job>(&bytes) {
-                    Ok(job) => inner.add(job),
-                    Err(e) => log::error!("job {id}: unreadable record left in place: {e}"),
-                },
-                None => {
-                    log::warn!("job {id}: removing files of a submit that never completed");
-                    storage.delete_prefix(&Job::key(id, "")).await?;
-                }
-            }
-        }
-        Ok(Store {
+    /// A store over `storage`.
+    pub fn new(storage: Storage) -> Store {
+        Store {
             storage,
-            inner: Mutex::new(inner),
-        })
+            writes: Mutex::new(()),
+        }
     }
 
     /// Stores a new job. With an idempotency key already used, returns the earlier job instead
     /// (compare ids to tell).
     pub async fn insert(&self, job: Job) -> Result<Job, StoreError> {
-        let mut inner = self.inner.lock().await;
-        if let Some(earlier) = job.idempotency_key.as_ref().and_then(|k| inner.idempotency.get(k)) {
-            return Ok(inner.jobs[earlier].clone());
+        let _guard = self.writes.lock().await;
+        if let Some(key) = &job.idempotency_key {
+            if let Some(earlier) = self.find_idempotent(key).await? {
+                return Ok(earlier);
+            }
         }
         self.write(&job).await?;
-        inner.add(job.clone());
+        self.storage
+            .put_bytes(&format!("index/{}", index_name(job.id)), b"")
+            .await?;
+        if let Some(key) = &job.idempotency_key {
+            self.storage
+                .put_bytes(&idempotency_key(key), job.id.to_string().as_bytes())
+                .await?;
+        }
         Ok(job)
     }
 
     /// The job submitted with this idempotency key, if any.
-    pub async fn find_idempotent(&self, key: &str) -> Option<Job> {
-        let inner = self.inner.lock().await;
-        inner.idempotency.get(key).map(|id| inner.jobs[id].clone())
+    pub async fn find_idempotent(&self, key: &str) -> Result<Option<Job>, StoreError> {
+        let Some(bytes) = self.storage.get_bytes(&idempotency_key(key)).await? else {
+            return Ok(None);
+        };
+        match String::from_utf8_lossy(&bytes).parse::<Uuid>() {
+            Ok(id) => self.get(id).await,
+            Err(_) => Ok(None),
+        }
     }
 
     /// One job.
-    pub async fn get(&self, id: Uuid) -> Option<Job> {
-        self.inner.lock().await.jobs.get(&id).cloned()
+    pub async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        match self.storage.get_bytes(&record_key(id)).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Applies `f` to a job and stores the result; `None` if the job does not exist. Nothing is
-    /// written when `f` changes nothing, and memory is unchanged if the write fails.
+    /// written when `f` changes nothing.
     pub async fn update<R>(&self, id: Uuid, f: impl FnOnce(&mut Job) -> R) -> Result<Option<R>, StoreError> {
-        let mut inner = self.inner.lock().await;
-        let Some(current) = inner.jobs.get(&id) else {
+        let _guard = self.writes.lock().await;
+        let Some(current) = self.get(id).await? else {
             return Ok(None);
         };
         let mut job = current.clone();
         let out = f(&mut job);
-        if job != *current {
+        if job != current {
             job.updated_at = chrono::Utc::now();
             self.write(&job).await?;
-            inner.jobs.insert(id, job);
         }
         Ok(Some(out))
     }
 
-    /// Jobs newest first, optionally of one status, starting after the `after` id (the cursor).
-    pub async fn list(&self, status: Option<Status>, limit: usize, after: Option<Uuid>) -> Vec<Job> {
-        let inner = self.inner.lock().await;
-        let range = match after {
-            Some(cursor) => inner.jobs.range(..cursor),
-            None => inner.jobs.range(..),
-        };
-        range
-            .rev()
-            .map(|(_, j)| j)
-            .filter(|j| status.is_none_or(|s| j.status == s))
-            .take(limit)
-            .cloned()
-            .collect()
+    /// Jobs newest first, optionally of one status, after the `after` id; and the cursor of the
+    /// next page, if there may be one.
+    pub async fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+        after: Option<Uuid>,
+    ) -> Result<(Vec<Job>, Option<Uuid>), StoreError> {
+        let mut cursor = after.map(index_name);
+        let mut jobs = Vec::new();
+        let mut scanned = 0;
+        while scanned < SCAN_LIMIT {
+            let batch = (limit + 1).max(50).min(SCAN_LIMIT - scanned);
+            let names = self.storage.list_after("index/", cursor.as_deref(), batch).await?;
+            let exhausted = names.len() < batch;
+            for name in names {
+                scanned += 1;
+                cursor = Some(name.clone());
+                let Some(id) = index_id(&name) else { continue };
+                // A deleted job may leave its index entry for a moment: skip it.
+                let Some(job) = self.get(id).await? else { continue };
+                if status.is_none_or(|s| job.status == s) {
+                    if jobs.len() == limit {
+                        return Ok((jobs.clone(), jobs.last().map(|j: &Job| j.id)));
+                    }
+                    jobs.push(job);
+                }
+            }
+            if exhausted {
+                return Ok((jobs, None));
+            }
+        }
+        Ok((jobs, cursor.and_then(|c| index_id(&c))))
     }
 
-    /// Every job, oldest first (start-up recovery and retention).
-    pub async fn all(&self) -> Vec<Job> {
-        self.inner.lock().await.jobs.values().cloned().collect()
-    }
-
-    /// Number of jobs with this status.
-    pub async fn count(&self, status: Status) -> usize {
-        self.inner
-            .lock()
-            .await
-            .jobs
-            .values()
-            .filter(|j| j.status == status)
-            .count()
+    /// Every job id, newest first (start-up recovery and retention).
+    pub async fn all_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let names = self.storage.list_after("index/", cursor.as_deref(), 1000).await?;
+            let done = names.len() < 1000;
+            cursor = names.last().cloned();
+            ids.extend(names.iter().filter_map(|n| index_id(n)));
+            if done {
+                return Ok(ids);
+            }
+        }
     }
 
     /// Deletes a job and every file it has in storage.
     pub async fn remove(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().await;
-        self.storage.delete_prefix(&Job::key(id, "")).await?;
-        if let Some(job) = inner.jobs.remove(&id) {
-            if let Some(key) = job.idempotency_key {
-                inner.idempotency.remove(&key);
-            }
+        let _guard = self.writes.lock().await;
+        let job = self.get(id).await?;
+        // The index entry first: a crash half-way leaves files no listing shows, never a listed
+        // job without its record.
+        self.storage.delete(&format!("index/{}", index_name(id))).await?;
+        if let Some(key) = job.and_then(|j| j.idempotency_key) {
+            self.storage.delete(&idempotency_key(&key)).await?;
         }
+        self.storage.delete_prefix(&Job::key(id, "")).await?;
         Ok(())
+    }
+
+    /// Leaves a cancel marker for whichever worker runs the job.
+    pub async fn request_cancel(&self, id: Uuid) -> Result<(), StoreError> {
+        Ok(self.storage.put_bytes(&Job::key(id, "cancel"), b"").await?)
+    }
+
+    /// True when a cancel marker is present.
+    pub async fn cancel_requested(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.storage.exists(&Job::key(id, "cancel")).await?)
+    }
+
+    /// Removes the cancel marker (on retry).
+    pub async fn clear_cancel(&self, id: Uuid) -> Result<(), StoreError> {
+        Ok(self.storage.delete(&Job::key(id, "cancel")).await?)
     }
 
     async fn write(&self, job: &Job) -> Result<(), StoreError> {
@@ -151,69 +204,87 @@ impl Store {
     }
 }
 
-impl Inner {
-    fn add(&mut self, job: Job) {
-        if let Some(key) = &job.idempotency_key {
-            self.idempotency.insert(key.clone(), job.id);
-        }
-        self.jobs.insert(job.id, job);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn store(dir: &std::path::Path) -> Store {
-        Store::open(Storage::local(dir).unwrap()).await.unwrap()
+    fn store(dir: &std::path::Path) -> Store {
+        Store::new(Storage::local(dir).unwrap())
+    }
+
+    async fn ids(page: (Vec<Job>, Option<Uuid>)) -> (Vec<Uuid>, Option<Uuid>) {
+        (page.0.iter().map(|j| j.id).collect(), page.1)
+    }
+
+    #[test]
+    fn index_names_sort_newest_first() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(a < b && index_name(b) < index_name(a));
+        assert_eq!(index_id(&index_name(a)), Some(a));
     }
 
     #[tokio::test]
-    async fn survives_reopen_and_lists_newest_first() {
+    async fn lists_newest_first_with_cursors_and_filters() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path()).await;
-        let mut ids = Vec::new();
+        let s = store(dir.path());
+        let mut all = Vec::new();
         for _ in 0..5 {
-            ids.push(s.insert(Job::new("draft".into(), 60)).await.unwrap().id);
+            all.push(s.insert(Job::new("draft".into(), 60)).await.unwrap().id);
         }
-        s.update(ids[1], |j| j.finish(Status::Failed, None)).await.unwrap();
-        drop(s);
-        let s = store(dir.path()).await;
-        let page: Vec<Uuid> = s.list(None, 2, None).await.iter().map(|j| j.id).collect();
-        assert_eq!(page, vec![ids[4], ids[3]]);
-        let next: Vec<Uuid> = s.list(None, 2, Some(ids[3])).await.iter().map(|j| j.id).collect();
-        assert_eq!(next, vec![ids[2], ids[1]]);
-        let failed: Vec<Uuid> = s
-            .list(Some(Status::Failed), 10, None)
-            .await
-            .iter()
-            .map(|j| j.id)
-            .collect();
-        assert_eq!(failed, vec![ids[1]]);
+        s.update(all[1], |j| j.finish(Status::Failed, None)).await.unwrap();
+        let s = store(dir.path());
+        assert_eq!(
+            ids(s.list(None, 2, None).await.unwrap()).await,
+            (vec![all[4], all[3]], Some(all[3]))
+        );
+        assert_eq!(
+            ids(s.list(None, 2, Some(all[3])).await.unwrap()).await,
+            (vec![all[2], all[1]], Some(all[1]))
+        );
+        assert_eq!(
+            ids(s.list(None, 2, Some(all[1])).await.unwrap()).await,
+            (vec![all[0]], None)
+        );
+        assert_eq!(
+            ids(s.list(Some(Status::Failed), 10, None).await.unwrap()).await,
+            (vec![all[1]], None)
+        );
+        assert_eq!(
+            s.all_ids().await.unwrap(),
+            all.iter().rev().copied().collect::<Vec<_>>()
+        );
+        s.remove(all[2]).await.unwrap();
+        assert_eq!(s.all_ids().await.unwrap().len(), 4);
+        assert!(s.get(all[2]).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn idempotency_key_returns_the_first_job() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path()).await;
+        let s = store(dir.path());
         let mut a = Job::new("draft".into(), 60);
         a.idempotency_key = Some("k".into());
         let mut b = Job::new("draft".into(), 60);
         b.idempotency_key = Some("k".into());
         let first = s.insert(a).await.unwrap();
         assert_eq!(s.insert(b).await.unwrap().id, first.id);
-        drop(s);
-        assert_eq!(store(dir.path()).await.find_idempotent("k").await.unwrap().id, first.id);
+        assert_eq!(
+            store(dir.path()).find_idempotent("k").await.unwrap().unwrap().id,
+            first.id
+        );
+        s.remove(first.id).await.unwrap();
+        assert!(s.find_idempotent("k").await.unwrap().is_none());
     }
 
     #[tokio::test]
-    async fn half_submitted_folders_are_removed() {
+    async fn cancel_markers() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::local(dir.path()).unwrap();
-        let id = Uuid::now_v7();
-        storage.put_bytes(&Job::key(id, "inputs/a.jpg"), b"x").await.unwrap();
-        let s = Store::open(storage.clone()).await.unwrap();
-        assert!(s.get(id).await.is_none());
-        assert!(storage.list_children("jobs/").await.unwrap().is_empty());
+        let s = store(dir.path());
+        let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
+        assert!(!s.cancel_requested(id).await.unwrap());
+        s.request_cancel(id).await.unwrap();
+        assert!(s.cancel_requested(id).await.unwrap());
+        s.clear_cancel(id).await.unwrap();
+        assert!(!s.cancel_requested(id).await.unwrap());
     }
 }

@@ -2,8 +2,9 @@
 //! the engine, store the results, record the outcome, start the webhook.
 
 use crate::app::App;
-use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Status};
+use crate::jobs::{DeliveryState, ErrorInfo, Job, Progress, ResultFile, Stage, Status};
 use crate::meshroom::{self, EngineError};
+use crate::queue::Settle;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,19 +35,21 @@ impl From<ErrorInfo> for Failure {
     }
 }
 
-/// Starts one task per slot (`Some(gpu)` or `None` for CPU).
-pub fn start(app: &Arc<App>, slots: Vec<Option<u32>>) -> Vec<JoinHandle<()>> {
+/// Starts one task per worker slot: one per GPU, or one on CPU.
+pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
+    let slots: Vec<Option<u32>> = if app.gpus.is_empty() {
+        vec![None]
+    } else {
+        app.gpus.iter().map(|g| Some(*g)).collect()
+    };
     slots
         .into_iter()
         .map(|gpu| {
             let app = app.clone();
             tokio::spawn(async move {
-                loop {
-                    let id = tokio::select! {
-                        id = app.queue.pop() => id,
-                        _ = app.shutdown.cancelled() => return,
-                    };
-                    process(&app, id, gpu).await;
+                while let Some(taken) = app.queue.take(&app.shutdown).await {
+                    let how = process(&app, taken.id, gpu).await;
+                    app.queue.settle(taken, how).await;
                 }
             })
         })
@@ -64,37 +67,69 @@ pub fn cancel(app: &App, id: Uuid) -> bool {
     }
 }
 
-async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) {
-    let claimed = app.store.update(id, |j| {
-        // Canceled or deleted while queued: nothing to do.
-        if j.status != Status::Enqueued {
-            return None;
+/// What a delivery of a job leads to.
+enum Claim {
+    Run(Box<Job>),
+    /// Final already; its webhook may still need queuing (the last worker died in between).
+    Done {
+        webhook: bool,
+    },
+    /// Taken too many times by workers that died: failed, and dead-lettered.
+    Poison,
+}
+
+/// Runs one delivered job to its end and says what to do with the message.
+async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
+    let max = app.config.queue.max_deliveries as u32;
+    let claimed = app.store.update(id, |j| match j.status {
+        Status::Enqueued | Status::Processing => {
+            if j.status == Status::Processing {
+                j.lost_attempts += 1; // its last worker died without recording an outcome
+            }
+            if j.lost_attempts >= max {
+                let why = format!(
+                    "the job was taken {} times and its worker stopped each time",
+                    j.lost_attempts
+                );
+                j.finish(Status::Failed, Some(ErrorInfo::new("poison_job", why)));
+                app.webhooks.begin(j);
+                return Claim::Poison;
+            }
+            j.status = Status::Processing;
+            j.stage = Some(Stage::Downloading);
+            j.progress = Progress::default();
+            j.started_at = Some(chrono::Utc::now());
+            j.attempts += 1;
+            Claim::Run(Box::new(j.clone()))
         }
-        j.status = Status::Processing;
-        j.stage = Some(Stage::Downloading);
-        j.progress = Progress::default();
-        j.started_at = Some(chrono::Utc::now());
-        j.attempts += 1;
-        Some(j.clone())
+        _ => Claim::Done {
+            webhook: j.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending),
+        },
     });
     let job = match claimed.await {
-        Ok(Some(Some(job))) => job,
-        Ok(_) => return,
+        Ok(Some(Claim::Run(job))) => job,
+        Ok(Some(Claim::Done { webhook: true })) => return queue_webhook(app, id).await,
+        Ok(Some(Claim::Done { webhook: false })) | Ok(None) => return Settle::Ack,
+        Ok(Some(Claim::Poison)) => {
+            log::error!("job {id}: poison job, dead-lettered");
+            let _ = queue_webhook(app, id).await;
+            return Settle::DeadLetter;
+        }
         Err(e) => {
-            log::error!("job {id}: cannot claim: {e}");
-            return;
+            log::error!("job {id}: cannot claim ({e}); handing it back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Settle::Requeue;
         }
     };
     log::info!("job {id}: started (attempt {}, gpu {gpu:?})", job.attempts);
     let token = app.shutdown.child_token();
     app.running.lock().expect("lock").insert(id, token.clone());
-    // A cancel that arrived between the claim and the line above found no handle to trigger.
-    if app.store.get(id).await.is_some_and(|j| j.cancel_requested) {
-        token.cancel();
-    }
+    let watcher = tokio::spawn(watch_cancel(app.clone(), id, token.clone()));
     let outcome = execute(app, &job, gpu, &token).await;
+    watcher.abort();
     app.running.lock().expect("lock").remove(&id);
     let failed = matches!(outcome, Err(Failure::Error(..)));
+    let interrupted = matches!(outcome, Err(Failure::Interrupted));
     let recorded = app.store.update(id, |j| {
         match outcome {
             Ok(results) => {
@@ -114,23 +149,50 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) {
         }
         app.webhooks.begin(j);
     });
-    match recorded.await {
-        Ok(_) => {
-            if let Some(j) = app.store.get(id).await {
-                log::info!(
-                    "job {id}: {}{}",
-                    j.status.as_str(),
-                    j.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
-                );
-            }
-            app.webhooks.spawn(app.store.clone(), id);
-        }
-        Err(e) => log::error!("job {id}: outcome could not be stored: {e}"),
+    if let Err(e) = recorded.await {
+        // Not acked: the broker gives the job again and the next attempt records it.
+        log::error!("job {id}: outcome could not be stored: {e}");
+        return Settle::Requeue;
     }
-    let keep = failed && app.config.worker.keep_failed_workdir;
-    // On shutdown the folder stays: the next start resumes the job from Meshroom's cache.
-    if !keep && !app.shutdown.is_cancelled() {
+    let keep = (failed && app.config.worker.keep_failed_workdir) || interrupted;
+    // On shutdown the folder stays: the next attempt here resumes from Meshroom's cache.
+    if !keep {
         let _ = tokio::fs::remove_dir_all(app.work_dir(id)).await;
+    }
+    if interrupted {
+        return Settle::Requeue;
+    }
+    if let Some(j) = app.store.get(id).await.ok().flatten() {
+        log::info!(
+            "job {id}: {}{}",
+            j.status.as_str(),
+            j.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
+        );
+    }
+    queue_webhook(app, id).await
+}
+
+/// Starts the webhook of a final job; the job's message is settled only once that is done.
+async fn queue_webhook(app: &App, id: Uuid) -> Settle {
+    match app.start_webhook(id).await {
+        Ok(()) => Settle::Ack,
+        Err(e) => {
+            log::warn!("job {id}: webhook not queued ({e}); handing the job back to do it later");
+            Settle::Requeue
+        }
+    }
+}
+
+/// Cancels the run when a cancel marker appears, whichever API replica wrote it.
+async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(true) = app.store.cancel_requested(id).await {
+            log::info!("job {id}: cancel requested");
+            let _ = app.store.update(id, |j| j.cancel_requested = true).await;
+            token.cancel();
+            return;
+        }
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), gpus: Vec<u32>) -> 
     tweak(&mut config);
     let api_key = config.secrets.api_keys.first().cloned();
     let running = start_all_in_one(config, gpus).await.expect("app starts");
-    let base = format!("http://{}", running.addr);
+    let base = format!("http://{}", running.addr.expect("all-in-one serves HTTP"));
     let app = running.app.clone();
     tokio::spawn(running.run_until_stopped());
     TestApp {

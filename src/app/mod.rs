@@ -1,0 +1,217 @@
+//! The state every role shares, built from the config: storage, job records, queue, presets,
+//! webhooks. Roles start from here (see `roles`).
+
+use crate::config::{Config, QueueKind, StorageKind, DEFAULT_AMQP_URL};
+use crate::jobs::{DeliveryState, Job, Status, Store, StoreError};
+use crate::pipelines::{PipelineError, Pipelines};
+use crate::queue::{amqp, Amqp, Queue, QueueError};
+use crate::storage::{Storage, StorageError};
+use crate::webhook::Webhooks;
+use crate::worker;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+mod roles;
+pub use roles::{start_all_in_one, start_serve, start_work, Running};
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Job records could not be loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A pipeline preset is invalid.
+    #[error(transparent)]
+    Pipelines(#[from] PipelineError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    /// A setting that is unsafe or impossible for this role.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API and worker.
+    AllInOne,
+    /// API only.
+    Serve,
+    /// Worker only.
+    Work,
+}
+
+/// Shared state of a process.
+#[derive(Debug)]
+pub struct App {
+    /// Settings.
+    pub config: Config,
+    /// Files and job records.
+    pub storage: Storage,
+    /// Job records.
+    pub store: Arc<Store>,
+    /// Jobs waiting for a worker.
+    pub queue: Arc<Queue>,
+    /// Presets.
+    pub pipelines: Pipelines,
+    /// Webhook sender.
+    pub webhooks: Webhooks,
+    /// HTTP client for image downloads.
+    pub downloads: reqwest::Client,
+    /// GPUs of this process's worker slots; empty means CPU only.
+    pub gpus: Vec<u32>,
+    /// Whether the API accepts jobs whose pipeline needs a GPU.
+    pub accepts_gpu_jobs: bool,
+    /// Cancel handles of the jobs running in this process.
+    pub running: worker::Running,
+    /// Cancelled when the process stops: running jobs are stopped and queued again.
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    /// Opens storage, presets and the queue for a role.
+    pub async fn open(config: Config, gpus: Vec<u32>, role: Role) -> Result<Arc<App>, StartError> {
+        let storage = match config.storage.kind {
+            StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
+            StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
+        };
+        let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
+        let webhooks = Webhooks::new(&config.webhook, config.secrets.webhook_secret.as_deref());
+        let shutdown = CancellationToken::new();
+        let queue = match config.queue.kind {
+            QueueKind::Local => Queue::local(),
+            QueueKind::Rabbitmq => {
+                let topology = amqp::Topology {
+                    prefix: config.queue.name.clone(),
+                    webhook_delays: config.webhook.schedule_secs.clone(),
+                    // Longer than any job may run, with an hour for downloads and uploads.
+                    consumer_timeout: Duration::from_secs(config.engine.timeout_secs + 3600),
+                };
+                let consume = amqp::Consume {
+                    slots: if role == Role::Serve {
+                        0
+                    } else {
+                        gpus.len().max(1) as u16
+                    },
+                    gpu: !gpus.is_empty(),
+                    webhooks: true,
+                };
+                let url = config
+                    .secrets
+                    .amqp_url
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+                Queue::Rabbitmq(Amqp::start(url, topology, consume, shutdown.clone()))
+            }
+        };
+        Ok(Arc::new(App {
+            store: Arc::new(Store::new(storage.clone())),
+            storage,
+            queue: Arc::new(queue),
+            pipelines,
+            webhooks,
+            downloads: worker::download::client(Duration::from_secs(config.worker.download_timeout_secs)),
+            // Behind `serve`, GPU jobs wait in their own queue for `work --gpu N` nodes.
+            accepts_gpu_jobs: role == Role::Serve || !gpus.is_empty(),
+            gpus,
+            running: Default::default(),
+            shutdown,
+            config,
+        }))
+    }
+
+    /// Folder for a job's working files.
+    pub fn work_dir(&self, id: Uuid) -> PathBuf {
+        self.config.server.data_dir.join("work").join(id.to_string())
+    }
+
+    /// Folder for uploads in progress.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.config.server.data_dir.join("tmp")
+    }
+
+    /// True when this deployment can run GPU pipelines.
+    pub fn gpu_available(&self) -> bool {
+        self.accepts_gpu_jobs
+    }
+
+    /// Queues a job, to the GPU or CPU queue as its pipeline needs.
+    pub async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+        let gpu = self.pipelines.get(&job.pipeline).is_some_and(|p| p.gpu);
+        self.queue.push(job.id, gpu, job.priority).await
+    }
+
+    /// Starts the delivery of a job's pending webhook: a task here, or a message to RabbitMQ.
+    pub async fn start_webhook(&self, id: Uuid) -> Result<(), QueueError> {
+        match &*self.queue {
+            Queue::Local(_) => {
+                self.webhooks.spawn(self.store.clone(), id);
+                Ok(())
+            }
+            Queue::Rabbitmq(_) => self.queue.push_webhook(id, self.webhooks.first_delay()).await,
+        }
+    }
+
+    /// In-process queue only: puts jobs that were enqueued or processing when the process
+    /// stopped back in the queue, oldest first, and resumes pending webhook deliveries.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), StartError> {
+        let _ = tokio::fs::remove_dir_all(self.tmp_dir()).await; // half-received uploads
+        for id in self.store.all_ids().await?.into_iter().rev() {
+            let Some(job) = self.store.get(id).await? else { continue };
+            if matches!(job.status, Status::Enqueued | Status::Processing) {
+                if job.status == Status::Processing {
+                    log::warn!("job {id}: was processing when the service stopped; queued again");
+                }
+                self.enqueue(&job)
+                    .await
+                    .map_err(|e| StartError::Refused(e.to_string()))?;
+            }
+            if job.webhook.is_some_and(|w| w.state == DeliveryState::Pending) {
+                self.webhooks.spawn(self.store.clone(), id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes finished jobs older than the retention, now and then.
+    pub fn spawn_retention(self: &Arc<Self>) {
+        let retention = self.config.worker.retention_secs;
+        if retention == 0 {
+            return;
+        }
+        let app = self.clone();
+        let every = Duration::from_secs((retention / 10).clamp(1, 600));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = app.shutdown.cancelled() => return,
+                }
+                if let Err(e) = app.expire(retention).await {
+                    log::warn!("retention sweep: {e}");
+                }
+            }
+        });
+    }
+
+    async fn expire(&self, retention: u64) -> Result<(), StoreError> {
+        let cutoff = chrono::Utc::now() - chrono::Duration::seconds(retention as i64);
+        for id in self.store.all_ids().await? {
+            let Some(job) = self.store.get(id).await? else { continue };
+            let pending = job.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending);
+            if job.status.is_final() && job.finished_at.is_some_and(|t| t < cutoff) && !pending {
+                log::info!("job {id}: deleted after the retention period");
+                self.store.remove(id).await?;
+                let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Starting each role: `all-in-one`, `serve` and `work`.
+
+use super::{App, Role, StartError};
+use crate::config::{Config, QueueKind, StorageKind};
+use crate::queue::{amqp, Queue};
+use crate::{http, worker};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A started process: its state, its HTTP server (not for `work`) and its background tasks.
+pub struct Running {
+    /// The shared state.
+    pub app: Arc<App>,
+    /// The bound API address (port 0 resolved), when this role serves HTTP.
+    pub addr: Option<SocketAddr>,
+    server: Option<actix_web::dev::Server>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Runs until SIGINT or SIGTERM, then stops taking jobs, stops running engines (their jobs go
+    /// back to the queue) and waits for the background tasks. The HTTP server drains its requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = match self.server {
+            Some(server) => server.await,
+            None => wait_for_signal().await,
+        };
+        log::info!("stopping: running jobs go back to the queue");
+        self.app.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        served
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// API and worker in one process: the embedded queue and local storage by default, or RabbitMQ and
+/// S3 when configured.
+pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running, StartError> {
+    let listen = config.listen_addr();
+    if !listen.ip().is_loopback() && config.secrets.api_keys.is_empty() {
+        return Err(StartError::Refused(format!(
+            "refusing to listen on {listen} without an API key: set MESHROOM_SVC_API_KEYS or listen on 127.0.0.1"
+        )));
+    }
+    let listener = bind(listen)?;
+    let app = App::open(config, gpus, Role::AllInOne).await?;
+    warn_about_setup(&app);
+    if matches!(*app.queue, Queue::Local(_)) {
+        app.recover().await?;
+    }
+    let mut tasks = worker::start(&app);
+    tasks.extend(start_common(&app));
+    serve_http(app, listener, tasks)
+}
+
+/// The HTTP API only; jobs go to RabbitMQ for `work` processes.
+pub async fn start_serve(config: Config) -> Result<Running, StartError> {
+    require_distributed(&config, "serve")?;
+    let listener = bind(config.listen_addr())?;
+    let app = App::open(config, Vec::new(), Role::Serve).await?;
+    let tasks = start_common(&app);
+    serve_http(app, listener, tasks)
+}
+
+/// A worker: one job at a time per GPU, taken from RabbitMQ.
+pub async fn start_work(config: Config, gpus: Vec<u32>) -> Result<Running, StartError> {
+    require_distributed(&config, "work")?;
+    let app = App::open(config, gpus, Role::Work).await?;
+    warn_about_setup(&app);
+    let mut tasks = worker::start(&app);
+    tasks.extend(start_common(&app));
+    log::info!(
+        "meshroom-svc work: {} slot(s), GPUs {:?}",
+        app.gpus.len().max(1),
+        app.gpus
+    );
+    Ok(Running {
+        app,
+        addr: None,
+        server: None,
+        tasks,
+    })
+}
+
+fn require_distributed(config: &Config, role: &str) -> Result<(), StartError> {
+    if config.queue.kind != QueueKind::Rabbitmq {
+        return Err(StartError::Refused(format!(
+            "`{role}` needs queue.kind = \"rabbitmq\" (MESHROOM_SVC_QUEUE_KIND=rabbitmq); \
+             for one machine without a broker, run `meshroom-svc all-in-one`"
+        )));
+    }
+    if config.storage.kind == StorageKind::Local {
+        log::warn!("storage.kind = \"local\": every serve and work process must share server.data_dir");
+    }
+    Ok(())
+}
+
+fn bind(listen: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(listen).map_err(|e| StartError::Bind(listen.to_string(), e))
+}
+
+fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) -> Result<Running, StartError> {
+    let addr = listener.local_addr().map_err(|e| StartError::Bind("?".into(), e))?;
+    let server = http::server(app.clone(), listener).map_err(|e| StartError::Bind(addr.to_string(), e))?;
+    log::info!(
+        "meshroom-svc listening on http://{addr} (queue: {}, storage: {})",
+        app.queue.kind(),
+        app.storage.kind()
+    );
+    Ok(Running {
+        app,
+        addr: Some(addr),
+        server: Some(server),
+        tasks,
+    })
+}
+
+/// Retention sweeps and, with RabbitMQ, webhook attempts: every role runs both.
+fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
+    app.spawn_retention();
+    let app = app.clone();
+    vec![tokio::spawn(async move {
+        app.webhooks.consume(&app.store, &app.queue, &app.shutdown).await
+    })]
+}
+
+fn warn_about_setup(app: &Arc<App>) {
+    if crate::meshroom::find_binary(&app.config.engine.meshroom_batch).is_none() {
+        log::warn!("meshroom_batch not found: jobs will fail with engine_not_found until it is installed");
+    }
+    if app.config.secrets.webhook_secret.is_none() {
+        log::warn!("MESHROOM_SVC_WEBHOOK_SECRET is not set: webhooks are sent unsigned");
+    }
+    let Queue::Rabbitmq(amqp) = &*app.queue else { return };
+    let (amqp, config) = (amqp.clone(), app.config.clone());
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            if let Some(version) = amqp.broker_version().await {
+                let held = config.engine.timeout_secs;
+                if !amqp::honours_queue_consumer_timeout(&version) && config.queue.broker_consumer_timeout_secs < held {
+                    log::warn!(
+                        "RabbitMQ {version} has a node-wide consumer_timeout ({} s per queue.broker_consumer_timeout_secs) \
+                         shorter than engine.timeout_secs ({held} s): long jobs would be taken away from their worker. \
+                         Raise consumer_timeout on the broker (see README) and set queue.broker_consumer_timeout_secs.",
+                        config.queue.broker_consumer_timeout_secs
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}

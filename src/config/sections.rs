@@ -1,0 +1,200 @@
+//! The sections of `meshroom.toml`, with their defaults.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the API binds.
+    pub listen: String,
+    /// Folder for job state, stored files and working folders.
+    pub data_dir: PathBuf,
+    /// Largest JSON request body, bytes.
+    pub max_json_bytes: u64,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most images in one job.
+    pub max_images: u64,
+    /// Largest single image, bytes.
+    pub max_image_bytes: u64,
+    /// Largest sum of a job's images, bytes.
+    pub max_total_bytes: u64,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Path of `meshroom_batch`; empty means `$MESHROOM_BATCH`, then `PATH`.
+    pub meshroom_batch: String,
+    /// Folder of pipeline presets (`*.toml`); the built-in presets are used when it is missing.
+    pub pipelines_dir: PathBuf,
+    /// Default and largest per-job timeout, seconds.
+    pub timeout_secs: u64,
+    /// Time between SIGTERM and SIGKILL when a run is stopped, seconds.
+    pub kill_grace_secs: u64,
+    /// Bytes of the engine log kept as the "tail" in errors and `GET /jobs/{id}/log`.
+    pub log_tail_bytes: u64,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Images downloaded at once per job.
+    pub download_concurrency: u64,
+    /// Timeout of one image download, seconds.
+    pub download_timeout_secs: u64,
+    /// Keep the working folder of failed jobs for debugging.
+    pub keep_failed_workdir: bool,
+    /// Finished jobs and their files are deleted this many seconds after they end (0 = never).
+    pub retention_secs: u64,
+}
+
+/// `[webhook]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Delay before each attempt, seconds; its length is the number of attempts.
+    pub schedule_secs: Vec<u64>,
+    /// Timeout of one attempt, seconds.
+    pub timeout_secs: u64,
+}
+
+/// Queue backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    /// In-process, rebuilt from job records at start-up (all-in-one only).
+    Local,
+    /// RabbitMQ, shared by any number of `serve` and `work` processes.
+    Rabbitmq,
+}
+
+/// `[queue]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `local` or `rabbitmq`.
+    pub kind: QueueKind,
+    /// Prefix of every queue and exchange name.
+    pub name: String,
+    /// Times a job may be taken by a worker before it is dead-lettered as a poison job.
+    pub max_deliveries: u64,
+    /// The broker's node-wide `consumer_timeout` (RabbitMQ before 3.12 has no per-queue value).
+    pub broker_consumer_timeout_secs: u64,
+}
+
+/// Storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// Files under `server.data_dir/store`.
+    Local,
+    /// An S3-compatible bucket (AWS, MinIO, Garage).
+    S3,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `local` or `s3`.
+    pub kind: StorageKind,
+    /// S3 bucket.
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. `meshroom/` (lets services share a bucket).
+    pub prefix: String,
+    /// Custom S3 endpoint (MinIO, Garage); empty means AWS.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO and Garage expect.
+    pub path_style: bool,
+    /// Lifetime of presigned download links, seconds.
+    pub presign_expiry_secs: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            kind: QueueKind::Local,
+            name: "meshroom".into(),
+            max_deliveries: 3,
+            broker_consumer_timeout_secs: 1800,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: StorageKind::Local,
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            path_style: true,
+            presign_expiry_secs: 3600,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "./data".into(),
+            max_json_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_images: 500,
+            max_image_bytes: 100 << 20,
+            max_total_bytes: 10 << 30,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            meshroom_batch: String::new(),
+            pipelines_dir: "pipelines".into(),
+            timeout_secs: 24 * 3600,
+            kill_grace_secs: 10,
+            log_tail_bytes: 16 << 10,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            download_concurrency: 8,
+            download_timeout_secs: 300,
+            keep_failed_workdir: false,
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        // The Svix schedule from the Standard Webhooks spec: about 27.6 hours in 8 tries.
+        Self {
+            schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            timeout_secs: 15,
+        }
+    }
+}

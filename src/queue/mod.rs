@@ -1,0 +1,188 @@
+//! The job queue, and the scheduling of webhook attempts: in-process, or RabbitMQ.
+//!
+//! The in-process queue keeps only ids in memory. It is durable because the job records are: at
+//! start-up every job still enqueued or processing is pushed again, oldest first.
+
+use crate::jobs::Priority;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub mod amqp;
+pub use amqp::Amqp;
+
+/// Queue failures.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The broker cannot be reached now; the request can be retried.
+    #[error("the message broker is unavailable")]
+    Unavailable,
+    /// The broker refused the message.
+    #[error("the message broker refused the message")]
+    Refused,
+}
+
+/// The configured backend.
+#[derive(Debug)]
+pub enum Queue {
+    /// Ids in memory, rebuilt from job records at start-up.
+    Local(LocalQueue),
+    /// RabbitMQ.
+    Rabbitmq(std::sync::Arc<Amqp>),
+}
+
+/// Two FIFOs of job ids (high priority first) that wake one waiting worker per push.
+#[derive(Debug, Default)]
+pub struct LocalQueue {
+    ids: Mutex<[VecDeque<Uuid>; 2]>,
+    ready: Notify,
+}
+
+/// A job taken from the queue; settle it once its outcome is recorded.
+#[derive(Debug)]
+pub struct Taken {
+    /// The job.
+    pub id: Uuid,
+    delivery: Option<amqp::Delivery>,
+}
+
+/// What to do with a taken job's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with (its outcome is recorded, or there was nothing to do).
+    Ack,
+    /// Give it back for another worker (shutdown).
+    Requeue,
+    /// Poison job: to the dead-letter queue.
+    DeadLetter,
+}
+
+impl Queue {
+    /// An empty in-process queue.
+    pub fn local() -> Queue {
+        Queue::Local(LocalQueue::default())
+    }
+
+    /// Adds a job; with RabbitMQ, returns once the broker confirmed it.
+    pub async fn push(&self, id: Uuid, gpu: bool, priority: Priority) -> Result<(), QueueError> {
+        match self {
+            Queue::Local(q) => {
+                q.ids.lock().expect("queue lock")[(priority == Priority::Normal) as usize].push_back(id);
+                q.ready.notify_one();
+                Ok(())
+            }
+            Queue::Rabbitmq(q) => q.publish_job(id, gpu, priority).await,
+        }
+    }
+
+    /// Waits for the next job; `None` once `stop` is cancelled.
+    pub async fn take(&self, stop: &CancellationToken) -> Option<Taken> {
+        match self {
+            Queue::Local(q) => loop {
+                // Register interest before checking, so a push in between is not missed.
+                let notified = q.ready.notified();
+                let next = q
+                    .ids
+                    .lock()
+                    .expect("queue lock")
+                    .iter_mut()
+                    .find_map(|ids| ids.pop_front());
+                if let Some(id) = next {
+                    return Some(Taken { id, delivery: None });
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = stop.cancelled() => return None,
+                }
+            },
+            Queue::Rabbitmq(q) => {
+                let delivery = q.next_job(stop).await?;
+                Some(Taken {
+                    id: delivery.id,
+                    delivery: Some(delivery),
+                })
+            }
+        }
+    }
+
+    /// Settles a taken job.
+    pub async fn settle(&self, taken: Taken, how: Settle) {
+        if let Some(d) = taken.delivery {
+            d.settle(how).await;
+        }
+    }
+
+    /// Asks for a webhook attempt of job `id` after `delay` (RabbitMQ only; the in-process
+    /// deliveries are driven by tasks, see `webhook`).
+    pub async fn push_webhook(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        match self {
+            Queue::Local(_) => Ok(()),
+            Queue::Rabbitmq(q) => q.publish_webhook(id, delay).await,
+        }
+    }
+
+    /// Jobs waiting; `None` when the broker cannot say now.
+    pub async fn depth(&self) -> Option<u64> {
+        match self {
+            Queue::Local(q) => Some(q.ids.lock().expect("queue lock").iter().map(|i| i.len() as u64).sum()),
+            Queue::Rabbitmq(q) => q.depth().await,
+        }
+    }
+
+    /// True when jobs can be queued now (for `/ready`).
+    pub fn is_available(&self) -> bool {
+        match self {
+            Queue::Local(_) => true,
+            Queue::Rabbitmq(q) => q.is_connected(),
+        }
+    }
+
+    /// Short name for `/` and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Queue::Local(_) => "in-process",
+            Queue::Rabbitmq(_) => "rabbitmq",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn high_priority_first_then_fifo() {
+        let q = Arc::new(Queue::local());
+        let stop = CancellationToken::new();
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        q.push(a, false, Priority::Normal).await.unwrap();
+        q.push(b, false, Priority::Normal).await.unwrap();
+        q.push(c, false, Priority::High).await.unwrap();
+        assert_eq!(q.depth().await, Some(3));
+        let order: Vec<Uuid> = [q.take(&stop).await, q.take(&stop).await, q.take(&stop).await]
+            .into_iter()
+            .map(|t| t.unwrap().id)
+            .collect();
+        assert_eq!(order, vec![c, a, b]);
+    }
+
+    #[tokio::test]
+    async fn wakes_waiters_and_stops() {
+        let q = Arc::new(Queue::local());
+        let stop = CancellationToken::new();
+        let id = Uuid::now_v7();
+        let waiter = tokio::spawn({
+            let (q, stop) = (q.clone(), stop.clone());
+            async move { q.take(&stop).await.map(|t| t.id) }
+        });
+        tokio::task::yield_now().await;
+        q.push(id, false, Priority::Normal).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), Some(id));
+        stop.cancel();
+        assert!(q.take(&stop).await.is_none());
+    }
+}
