@@ -83,6 +83,13 @@ impl App {
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
         let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
+        let default = &config.server.default_pipeline;
+        if !default.is_empty() && pipelines.get(default).is_none() {
+            let known = pipelines.names().join(", ");
+            return Err(StartError::Refused(format!(
+                "server.default_pipeline: no preset '{default}' ({known})"
+            )));
+        }
         let webhooks = Webhooks::new(&config.webhook, config.secrets.webhook_secret.as_deref());
         let shutdown = CancellationToken::new();
         let queue = match config.queue.kind {
@@ -140,6 +147,14 @@ impl App {
     /// True when this deployment can run GPU pipelines.
     pub fn gpu_available(&self) -> bool {
         self.accepts_gpu_jobs
+    }
+
+    /// The preset of jobs that name none.
+    pub fn default_pipeline(&self) -> &str {
+        match self.config.server.default_pipeline.as_str() {
+            "" => Pipelines::default_name(self.accepts_gpu_jobs),
+            name => name,
+        }
     }
 
     /// Queues a job, to the GPU or CPU queue as its pipeline needs.

@@ -13,6 +13,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Largest JSON request body, bytes.
     pub max_json_bytes: u64,
+    /// Preset for jobs that name none; empty: `default` where GPUs are available, else `draft`.
+    pub default_pipeline: String,
 }
 
 /// `[limits]`
@@ -152,6 +154,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             data_dir: "./data".into(),
             max_json_bytes: 1 << 20,
+            default_pipeline: String::new(),
         }
     }
 }

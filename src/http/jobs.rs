@@ -182,10 +182,17 @@ pub(super) async fn file(
     if !job.results.iter().any(|r| r.name == name) {
         return Err(not_found());
     }
-    let local = app
+    let key = Job::key(job.id, &format!("results/{name}"));
+    if let Some(url) = app
         .storage
-        .local_path(&Job::key(job.id, &format!("results/{name}")))
-        .ok_or_else(not_found)?;
+        .presigned_url(&key)
+        .await
+        .map_err(crate::jobs::StoreError::from)?
+    {
+        // S3: the client downloads straight from the bucket, Range and all.
+        return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
+    }
+    let local = app.storage.local_path(&key).ok_or_else(not_found)?;
     let file = actix_files::NamedFile::open_async(local)
         .await
         .map_err(|_| not_found())?;

@@ -51,6 +51,6 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
         "running_here": app.running.lock().expect("lock").len(),
         "gpus": app.gpus,
         "pipelines": app.pipelines.names(),
-        "default_pipeline": crate::pipelines::Pipelines::default_name(app.gpu_available()),
+        "default_pipeline": app.default_pipeline(),
     }))
 }

@@ -332,9 +332,7 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     if let Some(url) = &req.callback_url {
         check_url(url, "invalid_callback_url")?;
     }
-    let pipeline = req
-        .pipeline
-        .unwrap_or_else(|| crate::pipelines::Pipelines::default_name(app.gpu_available()).into());
+    let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
     let Some(preset) = app.pipelines.get(&pipeline) else {
         return Err(ApiError::bad_request(
             "unknown_pipeline",

@@ -193,6 +193,9 @@ pub struct Job {
     /// Attempts since the last retry whose worker died before recording an outcome.
     #[serde(default)]
     pub lost_attempts: u32,
+    /// The worker (`host:pid`) that took the job last.
+    #[serde(default)]
+    pub worker: Option<String>,
     /// Set when a cancel was asked while processing.
     pub cancel_requested: bool,
     /// Creation time.
@@ -233,6 +236,7 @@ impl Job {
             idempotency_key: None,
             attempts: 0,
             lost_attempts: 0,
+            worker: None,
             cancel_requested: false,
             created_at: now,
             updated_at: now,

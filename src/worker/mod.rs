@@ -100,6 +100,7 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
             j.progress = Progress::default();
             j.started_at = Some(chrono::Utc::now());
             j.attempts += 1;
+            j.worker = Some(worker_name());
             Claim::Run(Box::new(j.clone()))
         }
         _ => Claim::Done {
@@ -112,8 +113,11 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         Ok(Some(Claim::Done { webhook: false })) | Ok(None) => return Settle::Ack,
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
-            let _ = queue_webhook(app, id).await;
-            return Settle::DeadLetter;
+            // Dead-letter once the webhook is queued; otherwise the next delivery queues it.
+            return match queue_webhook(app, id).await {
+                Settle::Ack => Settle::DeadLetter,
+                other => other,
+            };
         }
         Err(e) => {
             log::error!("job {id}: cannot claim ({e}); handing it back");
@@ -170,6 +174,12 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         );
     }
     queue_webhook(app, id).await
+}
+
+/// `host:pid` of this process, as recorded in the jobs it takes.
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
 }
 
 /// Starts the webhook of a final job; the job's message is settled only once that is done.

@@ -13,12 +13,24 @@ use std::time::Duration;
 /// The webhook secret every test app signs with.
 pub const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-/// A running all-in-one app.
+/// A running all-in-one app, in this process.
 pub struct TestApp {
-    pub base: String,
-    pub client: reqwest::Client,
+    pub api: Api,
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// An HTTP client of one API address.
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
     pub api_key: Option<String>,
 }
 
@@ -95,15 +107,41 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), gpus: Vec<u32>) -> 
     let app = running.app.clone();
     tokio::spawn(running.run_until_stopped());
     TestApp {
-        base,
-        client: reqwest::Client::new(),
+        api: Api {
+            base,
+            client: reqwest::Client::new(),
+            api_key,
+        },
         app,
         dir,
-        api_key,
     }
 }
 
 impl TestApp {
+    /// Engine invocations recorded by the fake, in order.
+    pub fn invocations(&self) -> Vec<Value> {
+        invocations(self.dir.path())
+    }
+}
+
+/// Engine invocations recorded by the fake (through the wrapper in `dir`), in order.
+pub fn invocations(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("invocations.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+impl Api {
+    pub fn new(base: String) -> Api {
+        Api {
+            base,
+            client: reqwest::Client::new(),
+            api_key: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -188,15 +226,6 @@ impl TestApp {
             ["succeeded", "failed", "canceled"].contains(&j["status"].as_str().unwrap())
         })
         .await
-    }
-
-    /// Engine invocations recorded by the fake, in order.
-    pub fn invocations(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.path().join("invocations.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
     }
 }
 

@@ -1,7 +1,11 @@
-//! The one integration-test binary: the real app over HTTP, with the fake engine.
+//! The one integration-test binary: the real app over HTTP, with the fake engine; real RabbitMQ
+//! and Garage for the distributed tests (`scripts/test` starts them).
 
+mod distributed;
 mod helpers;
 mod lifecycle;
+mod procs;
 mod restart;
+mod s3;
 mod validation;
 mod webhooks;

@@ -1,101 +1,21 @@
 //! The real binary, killed and restarted: nothing acknowledged is lost.
 
 use crate::helpers::*;
+use crate::procs::*;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-/// The `meshroom-svc all-in-one` process on a fixed data folder.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    async fn start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Service {
-        // test_config writes the engine wrapper; the binary gets the same settings from the environment.
-        let config = test_config(dir);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshroom-svc"));
-        cmd.args(["all-in-one", "--gpu", "none", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&config.server.data_dir)
-            .env("MESHROOM_SVC_ENGINE_MESHROOM_BATCH", &config.engine.meshroom_batch)
-            .env("MESHROOM_SVC_ENGINE_KILL_GRACE_SECS", "1")
-            .env("MESHROOM_SVC_WEBHOOK_SECRET", SECRET)
-            .envs(extra_env.iter().copied())
-            .env("RUST_LOG", "info")
-            .current_dir(dir)
-            .stdin(Stdio::null());
-        let svc = Service {
-            child: cmd.spawn().unwrap(),
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/health", svc.base)).await.is_ok() {
-                return svc;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service did not start");
-    }
-
-    async fn submit(&self, body: Value) -> String {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/jobs", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        reqwest::get(format!("{}/api/v1/jobs/{id}", self.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn wait_for(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..secs * 20 {
-            let job = self.job(id).await;
-            if pred(&job) {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out; job is {:#}", self.job(id).await);
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(self) {
-        drop(self);
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for Service {
-    // Also on a failed assertion: never leave a service running after its test.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `meshroom-svc all-in-one` on a fixed data folder and port.
+async fn all_in_one(dir: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
+    let data = dir.join("data").display().to_string();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Proc::start(
+        dir,
+        &["all-in-one", "--gpu", "none", "--data-dir", &data],
+        Some(port),
+        &env,
+    )
+    .await
 }
 
 fn done(j: &Value) -> bool {
@@ -107,15 +27,18 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start().await;
     let port = free_port();
-    let svc = Service::start(dir.path(), port, &[]).await;
+    let svc = all_in_one(dir.path(), port, &[]).await;
     let slow = svc
+        .api()
         .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))]}))
         .await;
-    let queued: Vec<String> = futures_util::future::join_all(
-        (0..2).map(|i| svc.submit(json!({"image_urls": [edge.add(&format!("q{i}.jpg"), photo(i))]}))),
-    )
+    let queued: Vec<String> = futures_util::future::join_all((0..2).map(|i| {
+        svc.api()
+            .submit(json!({"image_urls": [edge.add(&format!("q{i}.jpg"), photo(i))]}))
+    }))
     .await;
-    svc.wait_for(&slow, 30, |j| j["progress"]["node_index"].as_u64() >= Some(4))
+    svc.api()
+        .wait_for(&slow, 30, |j| j["progress"]["node_index"].as_u64() >= Some(4))
         .await;
     svc.kill();
     // The engine outlives the service it was started by (its own process group and sessions).
@@ -124,12 +47,12 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
         "the engine should still be running after SIGKILL"
     );
 
-    let svc = Service::start(dir.path(), port, &[]).await;
-    let job = svc.wait_for(&slow, 60, done).await;
+    let svc = all_in_one(dir.path(), port, &[]).await;
+    let job = svc.api().wait_for(&slow, 60, done).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(job["attempts"], 2);
     for id in &queued {
-        assert_eq!(svc.wait_for(id, 30, done).await["status"], "succeeded");
+        assert_eq!(svc.api().wait_for(id, 30, done).await["status"], "succeeded");
     }
     // The second run cleaned up the first one's processes and resumed its finished nodes.
     assert!(job_processes(&slow).is_empty());
@@ -141,7 +64,7 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
         .collect();
     assert_eq!(runs.len(), 2);
     assert!(runs[1]["argv"].to_string().contains("--forceStatus"), "{:?}", runs[1]);
-    let log = reqwest::get(format!("{}/api/v1/jobs/{slow}/log", svc.base))
+    let log = reqwest::get(svc.api().url(&format!("/api/v1/jobs/{slow}/log")))
         .await
         .unwrap()
         .text()
@@ -162,21 +85,25 @@ async fn a_pending_webhook_is_delivered_after_a_restart() {
     edge.answer_hooks_with(&[503]);
     let port = free_port();
     let env = [("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,4")];
-    let svc = Service::start(dir.path(), port, &env).await;
+    let svc = all_in_one(dir.path(), port, &env).await;
     let id = svc
+        .api()
         .submit(json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()}))
         .await;
     edge.wait_hooks(1, 20).await;
-    svc.wait_for(&id, 10, |j| {
-        j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
-    })
-    .await;
+    svc.api()
+        .wait_for(&id, 10, |j| {
+            j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
     svc.kill();
-    let svc = Service::start(dir.path(), port, &env).await;
+    let svc = all_in_one(dir.path(), port, &env).await;
     let hooks = edge.wait_hooks(2, 20).await;
     assert_eq!(hooks[0].headers["webhook-id"], hooks[1].headers["webhook-id"]);
     assert!(signature_valid(&hooks[1]));
-    svc.wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered").await;
+    svc.api()
+        .wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered")
+        .await;
     svc.kill();
 }
 
@@ -185,22 +112,14 @@ async fn sigterm_stops_the_engine_and_requeues_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start().await;
     let port = free_port();
-    let svc = Service::start(dir.path(), port, &[]).await;
+    let mut svc = all_in_one(dir.path(), port, &[]).await;
     let id = svc
+        .api()
         .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))]}))
         .await;
-    svc.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
+    svc.api().wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
     svc.signal(libc::SIGTERM);
-    let mut svc = svc;
-    let mut status = None;
-    for _ in 0..400 {
-        status = svc.child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = status.expect("the service exits within 20 s of SIGTERM");
+    let status = svc.wait_exit(20).await;
     assert!(status.success(), "exit status {status}");
     assert!(job_processes(&id).is_empty(), "SIGTERM leaves no engine process behind");
     let record: Value =

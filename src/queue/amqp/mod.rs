@@ -18,12 +18,15 @@ use amqprs::connection::OpenConnectionArguments;
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex, RwLock};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod link;
 use link::Link;
+
+/// How long a publish waits for a connection being made before it reports the broker unavailable.
+const LINK_WAIT: Duration = Duration::from_secs(2);
 
 /// What this process consumes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,7 +109,7 @@ impl Delivery {
 #[derive(Debug)]
 pub struct Amqp {
     topology: Topology,
-    link: RwLock<Option<Arc<Link>>>,
+    link: watch::Sender<Option<Arc<Link>>>,
     jobs: Mutex<mpsc::Receiver<Delivery>>,
     webhooks: Mutex<mpsc::Receiver<Delivery>>,
 }
@@ -118,7 +121,7 @@ impl Amqp {
         let (hooks_tx, hooks_rx) = mpsc::channel(16);
         let amqp = Arc::new(Amqp {
             topology,
-            link: RwLock::new(None),
+            link: watch::Sender::new(None),
             jobs: Mutex::new(jobs_rx),
             webhooks: Mutex::new(hooks_rx),
         });
@@ -126,7 +129,7 @@ impl Amqp {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
             loop {
-                let args = match OpenConnectionArguments::try_from(url.as_str()) {
+                let args = match connection_args(&url) {
                     Ok(a) => a,
                     Err(e) => return log::error!("MESHROOM_SVC_AMQP_URL is not usable: {e}"),
                 };
@@ -136,12 +139,12 @@ impl Amqp {
                         backoff = Duration::from_millis(250);
                         let link = Arc::new(link);
                         log::info!("connected to RabbitMQ {}", link.version);
-                        *supervisor.link.write().await = Some(link.clone());
+                        supervisor.link.send_replace(Some(link.clone()));
                         tokio::select! {
                             _ = link.closed.cancelled() => {}
                             _ = stop.cancelled() => {}
                         }
-                        *supervisor.link.write().await = None;
+                        supervisor.link.send_replace(None);
                         link.shut().await;
                         if stop.is_cancelled() {
                             return;
@@ -164,24 +167,24 @@ impl Amqp {
 
     /// The broker's version, once connected.
     pub async fn broker_version(&self) -> Option<String> {
-        self.link.read().await.as_ref().map(|l| l.version.clone())
+        self.link.borrow().as_ref().map(|l| l.version.clone())
     }
 
     /// True while connected.
     pub fn is_connected(&self) -> bool {
-        self.link
-            .try_read()
-            .map(|l| l.as_ref().is_some_and(|l| !l.closed.is_cancelled()))
-            .unwrap_or(true)
+        self.link.borrow().as_ref().is_some_and(|l| !l.closed.is_cancelled())
     }
 
+    /// The live link; waits a little for one (a connect in progress), then gives up: callers
+    /// answer 503 rather than hang.
     async fn current(&self) -> Result<Arc<Link>, QueueError> {
-        self.link
-            .read()
-            .await
-            .clone()
-            .filter(|l| !l.closed.is_cancelled())
-            .ok_or(QueueError::Unavailable)
+        let mut rx = self.link.subscribe();
+        let live = |l: &Option<Arc<Link>>| l.as_ref().is_some_and(|l| !l.closed.is_cancelled());
+        let found = match tokio::time::timeout(LINK_WAIT, rx.wait_for(live)).await {
+            Ok(Ok(link)) => link.clone(),
+            _ => None,
+        };
+        found.ok_or(QueueError::Unavailable)
     }
 
     /// Publishes a persistent job message and waits for the broker's confirm.
@@ -275,6 +278,48 @@ async fn declare(ch: &Channel, t: &Topology, version: &str) -> Result<(), amqprs
     Ok(())
 }
 
+/// Connection settings from an AMQP URI, decoding its parts (amqprs leaves `%2f` as is, and the
+/// default vhost `/` must be written `%2f`).
+pub fn connection_args(url: &str) -> Result<OpenConnectionArguments, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if u.scheme() != "amqp" {
+        return Err(format!("scheme {}: only amqp:// is supported", u.scheme()));
+    }
+    let decode = |s: &str| percent_decode(s).ok_or_else(|| "invalid percent-encoding".to_string());
+    let vhost = match u.path() {
+        "" | "/" => "/".to_string(),
+        p => decode(&p[1..])?,
+    };
+    let user = if u.username().is_empty() {
+        "guest".to_string()
+    } else {
+        decode(u.username())?
+    };
+    let password = decode(u.password().unwrap_or("guest"))?;
+    let host = u.host_str().ok_or("no host")?;
+    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost)
+        .connection_name(concat!("meshroom-svc ", env!("CARGO_PKG_VERSION")));
+    Ok(args.finish())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// RabbitMQ honours the per-queue `x-consumer-timeout` from 3.12 on.
 pub fn honours_queue_consumer_timeout(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -309,6 +354,20 @@ fn confirm_args() -> ConfirmSelectArguments {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_are_decoded() {
+        let a = super::connection_args("amqp://us%40er:p%2Fw@broker:5673/%2f").unwrap();
+        assert_eq!(
+            (a.get_host(), a.get_port(), a.get_virtual_host()),
+            ("broker", 5673, "/")
+        );
+        assert!(a.get_credentials() == &amqprs::security::SecurityCredentials::new_plain("us@er", "p/w"));
+        let b = super::connection_args("amqp://h/jobs").unwrap();
+        assert_eq!((b.get_port(), b.get_virtual_host()), (5672, "jobs"));
+        assert!(super::connection_args("amqps://h/").is_err());
+        assert!(super::connection_args("not a url").is_err());
+    }
+
     #[test]
     fn consumer_timeout_argument_needs_3_12() {
         assert!(!super::honours_queue_consumer_timeout("3.10.8"));

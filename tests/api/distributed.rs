@@ -1,0 +1,311 @@
+//! Distributed mode with real processes, a real RabbitMQ and a real S3 server (Garage): `serve`
+//! replicas and `work` nodes that share nothing but the broker and the bucket.
+
+use crate::helpers::*;
+use crate::procs::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::sync::RwLock;
+
+/// Tests that restart the broker take it alone; the others share it.
+pub static BROKER: RwLock<()> = RwLock::const_new(());
+
+/// Processes sharing one namespace (queue prefix and key prefix).
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    edge: Edge,
+    namespace: String,
+}
+
+impl Cluster {
+    async fn new(extra: &[(&str, &str)]) -> Cluster {
+        let namespace = namespace();
+        let mut env = Services::from_env().env(&namespace);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            env,
+            edge: Edge::start().await,
+            namespace,
+        }
+    }
+
+    async fn serve(&self, name: &str) -> Proc {
+        let data = self.dir.path().join(name).display().to_string();
+        Proc::start(
+            self.dir.path(),
+            &["serve", "--data-dir", &data],
+            Some(free_port()),
+            &self.env,
+        )
+        .await
+    }
+
+    async fn work(&self, name: &str, gpu: &str) -> Proc {
+        let data = self.dir.path().join(name).display().to_string();
+        Proc::start(
+            self.dir.path(),
+            &["work", "--gpu", gpu, "--data-dir", &data],
+            None,
+            &self.env,
+        )
+        .await
+    }
+
+    /// Ready and unacknowledged messages of one of this cluster's queues.
+    fn queue_counts(&self, suffix: &str) -> (u64, u64) {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        let name = format!("{}.{suffix}", self.namespace);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&name.as_str())).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+            })
+            .unwrap_or_else(|| panic!("queue {name} not found"))
+    }
+}
+
+fn pid_of(job: &Value) -> Option<u32> {
+    job["worker"].as_str()?.rsplit(':').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn replicas_share_jobs_cancel_and_downloads() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let (a, b) = (c.serve("serve-a").await, c.serve("serve-b").await);
+    let _workers = (c.work("work-1", "none").await, c.work("work-2", "none").await);
+    let (a, b) = (a.api(), b.api());
+
+    // Submitted to A, visible through B at once, done by a worker, downloaded through B.
+    let id = a
+        .submit(json!({"image_urls": [c.edge.add("p.jpg", photo(0))], "metadata": {"n": 1}}))
+        .await;
+    assert_eq!(b.job(&id).await["metadata"]["n"], 1);
+    let job = b.wait_final(&id, 60).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let obj = job["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "texturedMesh.obj")
+        .unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects
+        .get(b.url(obj["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302, "{:?} {:?}", obj, resp.text().await);
+    assert!(resp.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("X-Amz-Signature="));
+    let body = b.get(obj["url"].as_str().unwrap()).await.text().await.unwrap();
+    assert!(body.starts_with("mtllib texturedMesh.mtl"), "{body}");
+    let log = b.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
+    assert!(log.contains("Publish"), "{log}");
+
+    // Uploaded through B, listed through A, newest first.
+    let resp = b.upload(vec![("u.jpg", photo(1))], &[]).await;
+    assert_eq!(resp.status(), 202);
+    let up = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(a.wait_final(&up, 60).await["status"], "succeeded");
+    let page: Value = a.get("/api/v1/jobs?limit=1").await.json().await.unwrap();
+    assert_eq!(page["jobs"][0]["id"], up.as_str());
+    assert_eq!(page["next_cursor"], up.as_str());
+
+    // A running job canceled through the other replica: the worker hears of it within 2 s.
+    let hang = a
+        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(2))]}))
+        .await;
+    b.wait_for(&hang, 30, |_| job_processes(&hang).len() >= 3).await;
+    let asked = Instant::now();
+    assert_eq!(b.post(&format!("/api/v1/jobs/{hang}/cancel")).await.status(), 202);
+    a.wait_for(&hang, 10, |j| {
+        j["cancel_requested"] == true || j["status"] == "canceled"
+    })
+    .await;
+    let heard = asked.elapsed();
+    assert!(
+        heard < Duration::from_millis(2500),
+        "cancel reached the worker after {heard:?}"
+    );
+    assert_eq!(a.wait_final(&hang, 20).await["status"], "canceled");
+    assert!(job_processes(&hang).is_empty());
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let (w1, w2) = (c.work("work-1", "none").await, c.work("work-2", "none").await);
+    let api = serve.api();
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))]}))
+        .await;
+    let running = api
+        .wait_for(&id, 30, |j| j["progress"]["node_index"].as_u64() >= Some(2))
+        .await;
+    let victim = pid_of(&running).unwrap();
+    let survivor = if w1.pid() == victim {
+        w1.kill();
+        w2
+    } else {
+        w2.kill();
+        w1
+    };
+    let job = api.wait_final(&id, 60).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(pid_of(&job), Some(survivor.pid()));
+    assert_eq!(job["results"].as_array().unwrap().len(), 3, "one result set");
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+}
+
+#[tokio::test]
+async fn sigterm_requeues_the_job_and_exits_zero() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let mut worker = c.work("work-1", "none").await;
+    let api = serve.api();
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
+        .await;
+    api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait_exit(20).await;
+    assert!(status.success(), "{status}");
+    assert!(job_processes(&id).is_empty());
+    let job = api.job(&id).await;
+    assert_eq!(job["status"], "enqueued", "{job:#}");
+    assert_eq!(c.queue_counts("jobs.cpu").0, 1, "back in the queue");
+    // Another worker takes it; a requeue on shutdown is not a lost attempt.
+    let _next = c.work("work-2", "none").await;
+    let again = api.wait_for(&id, 30, |j| j["status"] == "processing").await;
+    assert_eq!(
+        (again["attempts"].as_u64(), again["lost_attempts"].as_u64()),
+        (Some(2), Some(0))
+    );
+    api.post(&format!("/api/v1/jobs/{id}/cancel")).await;
+    api.wait_final(&id, 20).await;
+}
+
+#[tokio::test]
+async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let url = c.edge.add("p.jpg", photo(0));
+    let gpu_job = api.submit(json!({"image_urls": [url], "pipeline": "default"})).await;
+    let normal: Vec<String> =
+        futures_util::future::join_all((0..2).map(|_| api.submit(json!({"image_urls": [url]})))).await;
+    let high = api.submit(json!({"image_urls": [url], "priority": "high"})).await;
+    assert_eq!(c.queue_counts("jobs.cpu").0, 3);
+    assert_eq!(c.queue_counts("jobs.gpu").0, 1);
+
+    let _cpu = c.work("cpu", "none").await;
+    let mut started = Vec::new();
+    for id in normal.iter().chain([&high]) {
+        let job = api.wait_final(id, 60).await;
+        assert_eq!(job["status"], "succeeded");
+        started.push((job["started_at"].as_str().unwrap().to_string(), id.clone()));
+    }
+    started.sort();
+    assert_eq!(started[0].1, high, "the high-priority job runs first");
+    assert_eq!(
+        api.job(&gpu_job).await["status"],
+        "enqueued",
+        "a CPU worker never takes a GPU job"
+    );
+
+    let _gpu = c.work("gpu", "0").await;
+    assert_eq!(api.wait_final(&gpu_job, 60).await["status"], "succeeded");
+    let runs = invocations(c.dir.path());
+    let run = runs.iter().find(|r| r["job"] == gpu_job.as_str()).unwrap();
+    assert_eq!(run["cuda"], "0", "pinned to its GPU");
+    assert!(run["argv"].to_string().contains("\"photogrammetry\""));
+}
+
+#[tokio::test]
+async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "2")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let body = json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))], "callback_url": c.edge.hook_url()});
+    let id = api.submit(body).await;
+    // The worker dies on this job every time.
+    for round in 1..=2 {
+        let worker = c.work(&format!("w{round}"), "none").await;
+        // Killed while its engine runs.
+        let mine = |j: &Value| pid_of(j) == Some(worker.pid()) && j["stage"] == "reconstructing";
+        api.wait_for(&id, 30, mine).await;
+        let runs = || {
+            invocations(c.dir.path())
+                .iter()
+                .filter(|r| r["job"] == id.as_str())
+                .count()
+        };
+        api.wait_for(&id, 30, |_| runs() == round).await;
+        worker.kill();
+    }
+    let _last = c.work("w3", "none").await;
+    let job = api.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "poison_job", "{job:#}");
+    let runs = invocations(c.dir.path())
+        .iter()
+        .filter(|r| r["job"] == id.as_str())
+        .count();
+    assert_eq!(runs, 2, "the engine ran exactly the configured number of times");
+    assert_eq!(c.queue_counts("dead"), (1, 0));
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+    let hooks = c.edge.wait_hooks(1, 20).await;
+    let event: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+    assert_eq!(event["event"], "job.failed");
+}
+
+#[tokio::test]
+async fn the_api_answers_503_while_the_broker_is_unreachable() {
+    // A broker address where nothing listens: no need to stop the shared one.
+    let c = Cluster::new(&[("MESHROOM_SVC_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let started = Instant::now();
+    let resp = api
+        .post_json("/api/v1/jobs", &json!({"image_urls": [c.edge.add("p.jpg", photo(0))]}))
+        .await;
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "queue_unavailable"
+    );
+    assert_eq!(api.get("/ready").await.status(), 503);
+    let list: Value = api.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "a job not queued is not kept"
+    );
+}
