@@ -80,6 +80,11 @@ enum Claim {
 
 /// Runs one delivered job to its end and says what to do with the message.
 async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
+    // After a broker reconnect, a job this process is still running can be delivered again: wait
+    // for that run to record its outcome, then this delivery finds the job done.
+    while app.running.lock().expect("lock").contains_key(&id) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let max = app.config.queue.max_deliveries as u32;
     let claimed = app.store.update(id, |j| match j.status {
         Status::Enqueued | Status::Processing => {

@@ -26,7 +26,7 @@ mod link;
 use link::Link;
 
 /// How long a publish waits for a connection being made before it reports the broker unavailable.
-const LINK_WAIT: Duration = Duration::from_secs(2);
+const LINK_WAIT: Duration = Duration::from_secs(1);
 
 /// What this process consumes.
 #[derive(Debug, Clone, Copy, Default)]
