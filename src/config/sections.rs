@@ -55,6 +55,10 @@ pub struct WorkerConfig {
     pub download_timeout_secs: u64,
     /// Keep the working folder of failed jobs for debugging.
     pub keep_failed_workdir: bool,
+    /// Retries of a transient download or storage failure before the job fails.
+    pub retries: u64,
+    /// Delay before the first retry, milliseconds; it doubles at each retry.
+    pub retry_delay_ms: u64,
     /// Finished jobs and their files are deleted this many seconds after they end (0 = never).
     pub retention_secs: u64,
 }
@@ -187,6 +191,8 @@ impl Default for WorkerConfig {
             download_concurrency: 8,
             download_timeout_secs: 300,
             keep_failed_workdir: false,
+            retries: 3,
+            retry_delay_ms: 1000,
             retention_secs: 7 * 24 * 3600,
         }
     }

@@ -1,9 +1,11 @@
 //! Puts a job's images in its working folder: uploads from storage, URLs over HTTP, several at once,
-//! streamed to disk with the size and type limits enforced as bytes arrive.
+//! streamed to disk with the size and type limits enforced as bytes arrive. Transient failures are
+//! retried with exponential backoff.
 
 use crate::app::App;
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::{StreamExt, TryStreamExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,14 +23,40 @@ pub fn client(read_timeout: Duration) -> reqwest::Client {
         .expect("static client settings")
 }
 
+/// Exponential backoff from `[worker]`: `retries` retries from `retry_delay_ms`, doubling.
+pub fn backoff(app: &App) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(app.config.worker.retry_delay_ms))
+        .with_max_times(app.config.worker.retries as usize)
+        .with_jitter()
+}
+
+/// A failed download, and whether trying again may help.
+struct Failed {
+    info: ErrorInfo,
+    transient: bool,
+}
+
+impl Failed {
+    fn permanent(info: ErrorInfo) -> Self {
+        Failed { info, transient: false }
+    }
+}
+
 /// Fetches every image of the job into `dir`.
 pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo> {
     for upload in &job.uploads {
-        app.storage
-            .fetch_to_file(
-                &Job::key(job.id, &format!("inputs/{}", upload.name)),
-                &dir.join(&upload.name),
-            )
+        let key = Job::key(job.id, &format!("inputs/{}", upload.name));
+        let dest = dir.join(&upload.name);
+        (|| app.storage.fetch_to_file(&key, &dest))
+            .retry(backoff(app))
+            .notify(|e, wait| {
+                log::warn!(
+                    "job {}: input {} not fetched ({e}); retry in {wait:?}",
+                    job.id,
+                    upload.name
+                )
+            })
             .await
             .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))?;
     }
@@ -37,17 +65,44 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
     let total = &total;
     // Owned URLs: a stream of futures borrowing its items is not Send.
     futures_util::stream::iter(job.image_urls.clone().into_iter().enumerate())
-        .map(|(i, url)| async move { fetch_url(app, &url, offset + i, dir, total).await })
+        .map(|(i, url)| async move {
+            (|| fetch_url(app, &url, offset + i, dir, total))
+                .retry(backoff(app))
+                .when(|f: &Failed| f.transient)
+                .notify(|f: &Failed, wait| log::warn!("job {}: {}; retry in {wait:?}", job.id, f.info.message))
+                .await
+                .map_err(|f| f.info)
+        })
         .buffer_unordered(app.config.worker.download_concurrency as usize)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
 }
 
-async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &AtomicU64) -> Result<(), ErrorInfo> {
+async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &AtomicU64) -> Result<(), Failed> {
+    let mut counted = 0u64;
+    let result = fetch_counted(app, url, index, dir, total, &mut counted).await;
+    if result.is_err() {
+        // A failed attempt's bytes do not count against the job's total.
+        total.fetch_sub(counted, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn fetch_counted(
+    app: &App,
+    url: &str,
+    index: usize,
+    dir: &Path,
+    total: &AtomicU64,
+    counted: &mut u64,
+) -> Result<(), Failed> {
     let limits = &app.config.limits;
     let shown = display_url(url);
-    let failed = |why: String| ErrorInfo::new("download_failed", format!("image {shown}: {why}"));
+    let transport = |e: reqwest::Error| Failed {
+        info: ErrorInfo::new("download_failed", format!("image {shown}: {}", e.without_url())),
+        transient: true,
+    };
     let timeout = Duration::from_secs(app.config.worker.download_timeout_secs);
     let resp = app
         .downloads
@@ -55,9 +110,12 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| failed(e.without_url().to_string()))?;
-    if !resp.status().is_success() {
-        return Err(failed(format!("HTTP {}", resp.status())));
+        .map_err(transport)?;
+    let status = resp.status();
+    if !status.is_success() {
+        let transient = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
+        let info = ErrorInfo::new("download_failed", format!("image {shown}: HTTP {status}"));
+        return Err(Failed { info, transient });
     }
     let name_hint = resp.url().path().to_string();
     let mut body = resp.bytes_stream();
@@ -65,56 +123,45 @@ async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &Atomi
     let mut head = Vec::new();
     while head.len() < images::SNIFF_LEN {
         match body.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(|e| failed(e.without_url().to_string()))?;
-                head.extend_from_slice(&chunk);
-            }
+            Some(chunk) => head.extend_from_slice(&chunk.map_err(transport)?),
             None => break,
         }
     }
     let kind = images::sniff(&head).ok_or_else(|| {
-        ErrorInfo::new(
-            "unsupported_image_type",
-            format!("image {shown}: not a JPEG, PNG or TIFF file"),
-        )
+        let message = format!("image {shown}: not a JPEG, PNG or TIFF file");
+        Failed::permanent(ErrorInfo::new("unsupported_image_type", message))
     })?;
     let path = dir.join(images::file_name(index, &name_hint, kind));
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let mut size = 0u64;
+    let io = |e: std::io::Error| Failed::permanent(ErrorInfo::new("worker_io_error", format!("working folder: {e}")));
+    let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
     let mut pending = Some(bytes::Bytes::from(head));
     loop {
         let chunk = match pending.take() {
             Some(c) => c,
             None => match body.next().await {
-                Some(c) => c.map_err(|e| failed(e.without_url().to_string()))?,
+                Some(c) => c.map_err(transport)?,
                 None => break,
             },
         };
-        size += chunk.len() as u64;
+        *counted += chunk.len() as u64;
         let sum = total.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-        if size > limits.max_image_bytes {
-            return Err(ErrorInfo::new(
-                "image_too_large",
-                format!(
-                    "image {shown}: larger than limits.max_image_bytes ({})",
-                    limits.max_image_bytes
-                ),
-            ));
+        if *counted > limits.max_image_bytes {
+            let message = format!(
+                "image {shown}: larger than limits.max_image_bytes ({})",
+                limits.max_image_bytes
+            );
+            return Err(Failed::permanent(ErrorInfo::new("image_too_large", message)));
         }
         if sum > limits.max_total_bytes {
-            return Err(ErrorInfo::new(
-                "images_too_large",
-                format!(
-                    "the job's images exceed limits.max_total_bytes ({})",
-                    limits.max_total_bytes
-                ),
-            ));
+            let message = format!(
+                "the job's images exceed limits.max_total_bytes ({})",
+                limits.max_total_bytes
+            );
+            return Err(Failed::permanent(ErrorInfo::new("images_too_large", message)));
         }
-        file.write_all(&chunk).await.map_err(|e| failed(e.to_string()))?;
+        file.write_all(&chunk).await.map_err(io)?;
     }
-    file.flush().await.map_err(|e| failed(e.to_string()))?;
+    file.flush().await.map_err(io)?;
     Ok(())
 }
 

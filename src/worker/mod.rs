@@ -2,11 +2,9 @@
 //! the engine, store the results, record the outcome, start the webhook.
 
 use crate::app::App;
-use crate::jobs::{DeliveryState, ErrorInfo, Job, Progress, ResultFile, Stage, Status};
-use crate::meshroom::{self, EngineError};
+use crate::jobs::{DeliveryState, ErrorInfo, Job, Progress, Stage, Status};
 use crate::queue::Settle;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -14,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod download;
+mod run;
+
+use run::execute;
 
 /// Cancel handles of the jobs running in this process, by job id.
 pub type Running = Mutex<HashMap<Uuid, CancellationToken>>;
 
 /// How an attempt ended, short of success.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Canceled by a user.
     Canceled,
     /// The process is stopping: the job goes back to the queue.
@@ -209,134 +210,4 @@ async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
             return;
         }
     }
-}
-
-async fn execute(
-    app: &Arc<App>,
-    job: &Job,
-    gpu: Option<u32>,
-    token: &CancellationToken,
-) -> Result<Vec<ResultFile>, Failure> {
-    let dir = app.work_dir(job.id);
-    let stopped = || match app.shutdown.is_cancelled() {
-        true => Failure::Interrupted,
-        false => Failure::Canceled,
-    };
-    let io = |e: std::io::Error| ErrorInfo::new("worker_io_error", format!("working folder: {e}"));
-    let images = dir.join("images");
-    tokio::fs::create_dir_all(&images).await.map_err(io)?;
-    tokio::select! {
-        r = download::fetch_all(app, job, &images) => r?,
-        _ = token.cancelled() => return Err(stopped()),
-    }
-    let preset = app.pipelines.get(&job.pipeline).ok_or_else(|| {
-        ErrorInfo::new(
-            "unknown_pipeline",
-            format!("pipeline '{}' is not configured", job.pipeline),
-        )
-    })?;
-    let overrides = preset
-        .overrides_with(&job.params)
-        .map_err(|e| ErrorInfo::new("invalid_param", e.to_string()))?;
-    let binary = meshroom::find_binary(&app.config.engine.meshroom_batch)
-        .ok_or_else(|| EngineError::NotFound.to_error_info())?;
-    set_stage(app, job.id, Stage::Reconstructing).await;
-    let run = meshroom::Run {
-        job: job.id,
-        binary: &binary,
-        dir: &dir,
-        pipeline: &preset.pipeline,
-        overrides: &overrides,
-        gpu,
-        timeout: Duration::from_secs(job.timeout_secs),
-        grace: Duration::from_secs(app.config.engine.kill_grace_secs),
-    };
-    let (progress, writer) = progress_writer(app, job.id);
-    let result = meshroom::run(&run, token, |p| {
-        let _ = progress.send(p);
-    })
-    .await;
-    drop(progress);
-    let _ = writer.await;
-    // Keep the engine log in storage whatever happened, for GET /jobs/{id}/log.
-    let tail = meshroom::tail(&run.log_path(), app.config.engine.log_tail_bytes);
-    if let Err(e) = app
-        .storage
-        .put_bytes(
-            &Job::key(job.id, "engine.log"),
-            tail.as_deref().unwrap_or("").as_bytes(),
-        )
-        .await
-    {
-        log::warn!("job {}: engine log not stored: {e}", job.id);
-    }
-    match result {
-        Err(EngineError::Canceled) => return Err(stopped()),
-        Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
-        Ok(()) => {}
-    }
-    set_stage(app, job.id, Stage::Uploading).await;
-    store_results(app, job.id, &run.output_dir())
-        .await
-        .map_err(Failure::from)
-}
-
-/// A channel whose progress reports are written to the job record by a task of their own, so a
-/// chatty engine never waits on storage: reports that arrive during a write are coalesced.
-fn progress_writer(app: &Arc<App>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<()>) {
-    let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
-    let store = app.store.clone();
-    let writer = tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            if let Err(e) = store.update(id, |j| j.progress = p).await {
-                log::warn!("job {id}: progress not stored: {e}");
-            }
-        }
-    });
-    (tx, writer)
-}
-
-async fn set_stage(app: &App, id: Uuid, stage: Stage) {
-    if let Err(e) = app.store.update(id, |j| j.stage = Some(stage)).await {
-        log::warn!("job {id}: stage not stored: {e}");
-    }
-}
-
-/// Moves every output file into storage under `jobs/{id}/results/`.
-async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
-    let mut files = Vec::new();
-    collect_files(output, output, &mut files).map_err(|e| ErrorInfo::new("worker_io_error", e.to_string()))?;
-    files.sort();
-    let mut results = Vec::new();
-    for (name, path) in files {
-        let size = app
-            .storage
-            .store_file(&Job::key(id, &format!("results/{name}")), &path)
-            .await
-            .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))?;
-        let url = format!("/api/v1/jobs/{id}/files/{name}");
-        results.push(ResultFile { name, size, url });
-    }
-    Ok(results)
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            collect_files(root, &entry.path(), out)?;
-        } else if kind.is_file() {
-            // Symlinks are skipped: an engine output must not make us publish files outside it.
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .expect("below root")
-                .to_string_lossy()
-                .replace('\\', "/");
-            out.push((rel, entry.path()));
-        }
-    }
-    Ok(())
 }

@@ -84,6 +84,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.engine.meshroom_batch = wrapper.display().to_string();
     c.engine.pipelines_dir = dir.join("no-pipelines");
     c.engine.kill_grace_secs = 1;
+    c.worker.retry_delay_ms = 50;
     c.webhook.schedule_secs = vec![0, 1, 1, 1];
     c.webhook.timeout_secs = 2;
     c.secrets.webhook_secret = Some(SECRET.into());
@@ -243,6 +244,8 @@ pub struct Edge {
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     hooks: Arc<Mutex<Vec<Hook>>>,
     statuses: Arc<Mutex<VecDeque<u16>>>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+    pub requests: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Edge {
@@ -267,6 +270,11 @@ impl Edge {
     pub fn add(&self, name: &str, bytes: Vec<u8>) -> String {
         self.files.lock().unwrap().insert(name.into(), bytes);
         format!("{}/files/{name}", self.base)
+    }
+
+    /// The next `n` requests for `name` get a 503.
+    pub fn fail_next(&self, name: &str, n: u32) {
+        self.failures.lock().unwrap().insert(name.into(), n);
     }
 
     pub fn hook_url(&self) -> String {
@@ -295,6 +303,11 @@ impl Edge {
 }
 
 async fn serve_file(edge: web::Data<Edge>, name: web::Path<String>) -> HttpResponse {
+    *edge.requests.lock().unwrap().entry(name.to_string()).or_default() += 1;
+    if let Some(left) = edge.failures.lock().unwrap().get_mut(name.as_str()).filter(|n| **n > 0) {
+        *left -= 1;
+        return HttpResponse::ServiceUnavailable().finish();
+    }
     match edge.files.lock().unwrap().get(name.as_str()) {
         Some(b) => HttpResponse::Ok()
             .content_type("application/octet-stream")

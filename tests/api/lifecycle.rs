@@ -232,6 +232,33 @@ async fn cancel_while_queued_never_runs_the_engine() {
 }
 
 #[tokio::test]
+async fn transient_download_failures_are_retried_and_permanent_ones_are_not() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let flaky = edge.add("flaky.jpg", photo(0));
+    edge.fail_next("flaky.jpg", 2);
+    let id = app.submit(json!({"image_urls": [flaky]})).await;
+    assert_eq!(app.wait_final(&id, 30).await["status"], "succeeded");
+    assert_eq!(edge.requests.lock().unwrap()["flaky.jpg"], 3, "two 503s, then the file");
+
+    let missing = format!("{}/files/missing.jpg", edge.base);
+    let id = app.submit(json!({"image_urls": [missing]})).await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["error"]["code"], "download_failed");
+    assert_eq!(edge.requests.lock().unwrap()["missing.jpg"], 1, "a 404 is not retried");
+
+    edge.fail_next("flaky.jpg", 10);
+    let id = app.submit(json!({"image_urls": [flaky]})).await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["error"]["code"], "download_failed", "{job:#}");
+    assert_eq!(
+        edge.requests.lock().unwrap()["flaky.jpg"],
+        3 + 4,
+        "the first try and 3 retries"
+    );
+}
+
+#[tokio::test]
 async fn retry_runs_a_failed_job_again() {
     let app = spawn_app().await;
     let edge = Edge::start().await;

@@ -23,6 +23,7 @@ impl Proc {
         cmd.args(args)
             .env("MESHROOM_SVC_ENGINE_MESHROOM_BATCH", &config.engine.meshroom_batch)
             .env("MESHROOM_SVC_ENGINE_KILL_GRACE_SECS", "1")
+            .env("MESHROOM_SVC_WORKER_RETRY_DELAY_MS", "50")
             .env("MESHROOM_SVC_WEBHOOK_SECRET", SECRET)
             .env("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,1,1,1")
             .env("RUST_LOG", "info")
