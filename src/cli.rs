@@ -51,6 +51,9 @@ pub struct WorkArgs {
     /// Folder for working folders [default: server.data_dir, ./data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Also serve /health, /ready and /metrics on this address (no job API); off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
 }
 
 /// Flags of `all-in-one`.

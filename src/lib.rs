@@ -10,6 +10,7 @@ pub mod http;
 pub mod images;
 pub mod jobs;
 pub mod meshroom;
+pub mod metrics;
 pub mod pipelines;
 pub mod process;
 pub mod queue;

@@ -32,10 +32,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             meshroom_svc::app::start_serve(Config::checked(config)?).await
         }
         Command::Work(args) => {
-            apply(&mut config, None, args.data_dir);
+            let ops = args.listen.is_some();
+            apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
             let gpus = gpus(&args.gpu).await;
-            meshroom_svc::app::start_work(config, gpus).await
+            meshroom_svc::app::start_work(config, gpus, ops).await
         }
     };
     running.context("cannot start")?.run_until_stopped().await?;

@@ -34,11 +34,12 @@ pub struct Webhooks {
     key: Option<Vec<u8>>,
     schedule: Vec<Duration>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    attempts: prometheus::IntCounterVec,
 }
 
 impl Webhooks {
     /// A sender with the configured schedule and secret (checked at config load).
-    pub fn new(config: &WebhookConfig, secret: Option<&str>) -> Webhooks {
+    pub fn new(config: &WebhookConfig, secret: Option<&str>, attempts: prometheus::IntCounterVec) -> Webhooks {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none()) // a redirect is a failure, per the spec
             .timeout(Duration::from_secs(config.timeout_secs))
@@ -50,6 +51,7 @@ impl Webhooks {
             key: secret.and_then(|s| decode_secret(s).ok()),
             schedule: config.schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
             in_flight: Default::default(),
+            attempts,
         }
     }
 
@@ -149,6 +151,13 @@ impl Webhooks {
                 .or(attempt.error.clone())
                 .unwrap_or_default()
         );
+        let outcome = match (state, attempt.status) {
+            (DeliveryState::Delivered, _) => "delivered",
+            (DeliveryState::Gone, _) => "gone",
+            (_, Some(_)) => "refused",
+            (_, None) => "unreachable",
+        };
+        self.attempts.with_label_values(&[outcome]).inc();
         let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
         store
             .update(id, |j| {
@@ -258,7 +267,11 @@ mod tests {
         let mut job = Job::new("draft".into(), 60);
         job.callback_url = Some("http://127.0.0.1:1/hook".into());
         job.finish(crate::jobs::Status::Succeeded, None);
-        let hooks = Webhooks::new(&Default::default(), None);
+        let hooks = Webhooks::new(
+            &Default::default(),
+            None,
+            crate::metrics::Metrics::default().webhook_attempts,
+        );
         hooks.begin(&mut job);
         let first = payload(&job, "job.succeeded");
         job.webhook.as_mut().unwrap().attempts.push(Attempt {

@@ -73,6 +73,8 @@ pub struct App {
     pub running: worker::Running,
     /// Cancelled when the process stops: running jobs are stopped and queued again.
     pub shutdown: CancellationToken,
+    /// Prometheus metrics of this process.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -90,7 +92,12 @@ impl App {
                 "server.default_pipeline: no preset '{default}' ({known})"
             )));
         }
-        let webhooks = Webhooks::new(&config.webhook, config.secrets.webhook_secret.as_deref());
+        let metrics = crate::metrics::Metrics::default();
+        let webhooks = Webhooks::new(
+            &config.webhook,
+            config.secrets.webhook_secret.as_deref(),
+            metrics.webhook_attempts.clone(),
+        );
         let shutdown = CancellationToken::new();
         let queue = match config.queue.kind {
             QueueKind::Local => Queue::local(),
@@ -130,6 +137,7 @@ impl App {
             gpus,
             running: Default::default(),
             shutdown,
+            metrics,
             config,
         }))
     }

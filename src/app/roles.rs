@@ -74,9 +74,11 @@ pub async fn start_serve(config: Config) -> Result<Running, StartError> {
     serve_http(app, listener, tasks)
 }
 
-/// A worker: one job at a time per GPU, taken from RabbitMQ.
-pub async fn start_work(config: Config, gpus: Vec<u32>) -> Result<Running, StartError> {
+/// A worker: one job at a time per GPU, taken from RabbitMQ. With `ops`, it also serves
+/// `/health`, `/ready` and `/metrics` on `server.listen`.
+pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Running, StartError> {
     require_distributed(&config, "work")?;
+    let listener = if ops { Some(bind(config.listen_addr())?) } else { None };
     let app = App::open(config, gpus, Role::Work).await?;
     warn_about_setup(&app);
     let mut tasks = worker::start(&app);
@@ -86,10 +88,20 @@ pub async fn start_work(config: Config, gpus: Vec<u32>) -> Result<Running, Start
         app.gpus.len().max(1),
         app.gpus
     );
+    let Some(listener) = listener else {
+        return Ok(Running {
+            app,
+            addr: None,
+            server: None,
+            tasks,
+        });
+    };
+    let addr = listener.local_addr().map_err(|e| StartError::Bind("?".into(), e))?;
+    let server = http::ops_server(app.clone(), listener).map_err(|e| StartError::Bind(addr.to_string(), e))?;
     Ok(Running {
         app,
-        addr: None,
-        server: None,
+        addr: Some(addr),
+        server: Some(server),
         tasks,
     })
 }

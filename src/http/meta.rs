@@ -7,7 +7,8 @@ use serde_json::json;
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(root))
         .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
 }
 
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "The process is alive")))]
@@ -53,4 +54,16 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
         "pipelines": app.pipelines.names(),
         "default_pipeline": app.default_pipeline(),
     }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus metrics of this process", content_type = "text/plain")))]
+pub(super) async fn metrics(app: web::Data<App>) -> HttpResponse {
+    if let Some(depth) = app.queue.depth().await {
+        app.metrics.queue_depth.set(depth as i64);
+    }
+    app.metrics.running.set(app.running.lock().expect("lock").len() as i64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(app.metrics.render())
 }

@@ -125,6 +125,29 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
     Ok(server)
 }
 
+/// The service routes only (`/health`, `/ready`, `/metrics`, `/`), for `work --listen`.
+pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::from(app);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .configure(meta::configure)
+            .default_service(web::to(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "a worker serves /health, /ready and /metrics only",
+                )
+                .error_response()
+            }))
+    })
+    .workers(1)
+    .listen(listener)?
+    .shutdown_timeout(5)
+    .run();
+    Ok(server)
+}
+
 /// Rejects requests without a configured `X-API-Key` (when any key is configured).
 async fn require_api_key(
     req: ServiceRequest,

@@ -155,6 +155,7 @@ pub(super) async fn submit(
         let _ = app.store.remove(stored.id).await;
         return Err(e.into());
     }
+    app.metrics.submitted.inc();
     log::info!(
         "job {}: enqueued ({} URLs, {} uploads, pipeline {})",
         stored.id,

@@ -173,6 +173,8 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         return Settle::Requeue;
     }
     if let Some(j) = app.store.get(id).await.ok().flatten() {
+        let code = j.error.as_ref().map_or("", |e| e.code.as_str());
+        app.metrics.finished.with_label_values(&[j.status.as_str(), code]).inc();
         log::info!(
             "job {id}: {}{}",
             j.status.as_str(),

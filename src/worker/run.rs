@@ -7,7 +7,7 @@ use crate::meshroom::{self, EngineError};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -26,6 +26,12 @@ pub(super) async fn execute(
     };
     let io = |e: std::io::Error| ErrorInfo::new("worker_io_error", format!("working folder: {e}"));
     let images = dir.join("images");
+    let mut clock = StageClock {
+        app,
+        id: job.id,
+        stage: Stage::Downloading,
+        since: Instant::now(),
+    };
     tokio::fs::create_dir_all(&images).await.map_err(io)?;
     tokio::select! {
         r = download::fetch_all(app, job, &images) => r?,
@@ -42,7 +48,7 @@ pub(super) async fn execute(
         .map_err(|e| ErrorInfo::new("invalid_param", e.to_string()))?;
     let binary = meshroom::find_binary(&app.config.engine.meshroom_batch)
         .ok_or_else(|| EngineError::NotFound.to_error_info())?;
-    set_stage(app, job.id, Stage::Reconstructing).await;
+    clock.enter(Stage::Reconstructing).await;
     let run = meshroom::Run {
         job: job.id,
         binary: &binary,
@@ -77,7 +83,7 @@ pub(super) async fn execute(
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
         Ok(()) => {}
     }
-    set_stage(app, job.id, Stage::Uploading).await;
+    clock.enter(Stage::Uploading).await;
     store_results(app, job.id, &run.output_dir())
         .await
         .map_err(Failure::from)
@@ -99,9 +105,40 @@ fn progress_writer(app: &Arc<App>, id: Uuid) -> (tokio::sync::watch::Sender<Prog
     (tx, writer)
 }
 
-async fn set_stage(app: &App, id: Uuid, stage: Stage) {
-    if let Err(e) = app.store.update(id, |j| j.stage = Some(stage)).await {
-        log::warn!("job {id}: stage not stored: {e}");
+/// Records stage changes in the job and stage durations in the metrics (the last one on drop,
+/// whichever way the attempt ends).
+struct StageClock<'a> {
+    app: &'a App,
+    id: Uuid,
+    stage: Stage,
+    since: Instant,
+}
+
+impl StageClock<'_> {
+    async fn enter(&mut self, stage: Stage) {
+        self.observe();
+        (self.stage, self.since) = (stage, Instant::now());
+        if let Err(e) = self.app.store.update(self.id, |j| j.stage = Some(stage)).await {
+            log::warn!("job {}: stage not stored: {e}", self.id);
+        }
+    }
+
+    fn observe(&self) {
+        let name = serde_json::to_value(self.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        self.app
+            .metrics
+            .stage_seconds
+            .with_label_values(&[name.as_str()])
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for StageClock<'_> {
+    fn drop(&mut self) {
+        self.observe();
     }
 }
 

@@ -42,12 +42,13 @@ impl Cluster {
         .await
     }
 
+    /// A worker, with its /health, /ready and /metrics on a port of its own.
     async fn work(&self, name: &str, gpu: &str) -> Proc {
         let data = self.dir.path().join(name).display().to_string();
         Proc::start(
             self.dir.path(),
             &["work", "--gpu", gpu, "--data-dir", &data],
-            None,
+            Some(free_port()),
             &self.env,
         )
         .await
@@ -86,7 +87,7 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
     let (a, b) = (c.serve("serve-a").await, c.serve("serve-b").await);
-    let _workers = (c.work("work-1", "none").await, c.work("work-2", "none").await);
+    let workers = (c.work("work-1", "none").await, c.work("work-2", "none").await);
     let (a, b) = (a.api(), b.api());
 
     // Submitted to A, visible through B at once, done by a worker, downloaded through B.
@@ -149,6 +150,19 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     assert_eq!(a.wait_final(&hang, 20).await["status"], "canceled");
     assert!(job_processes(&hang).is_empty());
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+
+    // Each worker exports its own metrics; together they finished the three jobs.
+    let mut finished = 0;
+    for w in [&workers.0, &workers.1] {
+        assert_eq!(w.api().get("/ready").await.status(), 200);
+        let text = w.api().get("/metrics").await.text().await.unwrap();
+        finished += text
+            .lines()
+            .filter(|l| l.starts_with("meshroom_jobs_finished_total"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    assert_eq!(finished, 3);
 }
 
 #[tokio::test]

@@ -74,6 +74,18 @@ async fn submit_by_url_succeeds_with_downloadable_files() {
     let log = app.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
     assert!(log.contains("[10/10] Publish"), "{log}");
     assert!(!app.app.work_dir(id.parse().unwrap()).exists());
+
+    app.wait_for(id, 10, |j| j["webhook"]["state"] == "delivered").await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "meshroom_jobs_submitted_total 1",
+        r#"meshroom_jobs_finished_total{code="",status="succeeded"} 1"#,
+        r#"meshroom_stage_duration_seconds_count{stage="reconstructing"} 1"#,
+        r#"meshroom_webhook_attempts_total{outcome="delivered"} 1"#,
+        "meshroom_queue_depth 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,101 @@
+//! Prometheus metrics of this process, served at `GET /metrics`.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The metrics a process keeps; each process exports its own (sum them across replicas).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Jobs accepted by this API process.
+    pub submitted: IntCounter,
+    /// Jobs running in this process now.
+    pub running: IntGauge,
+    /// Jobs that ended here, by status and error code.
+    pub finished: IntCounterVec,
+    /// Time spent in each stage, seconds.
+    pub stage_seconds: HistogramVec,
+    /// Webhook attempts made here, by outcome.
+    pub webhook_attempts: IntCounterVec,
+    /// Jobs waiting in the queue, as last read.
+    pub queue_depth: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new_custom(Some("meshroom".into()), None).expect("static prefix");
+        let submitted = IntCounter::new("jobs_submitted_total", "Jobs accepted by this API process").unwrap();
+        let running = IntGauge::new("jobs_running", "Jobs running in this process").unwrap();
+        let finished = IntCounterVec::new(
+            Opts::new(
+                "jobs_finished_total",
+                "Jobs that ended in this process, by status and error code",
+            ),
+            &["status", "code"],
+        )
+        .unwrap();
+        // Stages last from seconds (downloads) to many hours (reconstruction).
+        let buckets = vec![
+            1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+        ];
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("stage_duration_seconds", "Time spent in each job stage").buckets(buckets),
+            &["stage"],
+        )
+        .unwrap();
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new("webhook_attempts_total", "Webhook delivery attempts, by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
+        let queue_depth = IntGauge::new("queue_depth", "Jobs waiting in the queue").unwrap();
+        for c in [
+            Box::new(submitted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(running.clone()),
+            Box::new(finished.clone()),
+            Box::new(stage_seconds.clone()),
+            Box::new(webhook_attempts.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            submitted,
+            running,
+            finished,
+            stage_seconds,
+            webhook_attempts,
+            queue_depth,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).expect("UTF-8 text")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_prometheus_text() {
+        let m = super::Metrics::default();
+        m.submitted.inc();
+        m.finished.with_label_values(&["failed", "engine_timeout"]).inc();
+        m.stage_seconds.with_label_values(&["reconstructing"]).observe(42.0);
+        let text = m.render();
+        assert!(text.contains("meshroom_jobs_submitted_total 1"), "{text}");
+        assert!(
+            text.contains(r#"meshroom_jobs_finished_total{code="engine_timeout",status="failed"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"meshroom_stage_duration_seconds_bucket{stage="reconstructing",le="60"} 1"#));
+    }
+}
