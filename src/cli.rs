@@ -28,6 +28,11 @@ pub enum Command {
     Work(WorkArgs),
     /// API and worker in one process, with an in-process queue and local storage: nothing else to run.
     AllInOne(AllInOneArgs),
+    /// Exit 0 if URL answers 2xx within 5 s (a container health check without curl).
+    Health {
+        /// e.g. http://127.0.0.1:8080/ready
+        url: String,
+    },
 }
 
 /// Flags of `serve`.

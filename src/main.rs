@@ -21,6 +21,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     let mut config = Config::load(path.as_deref())?;
     let running = match cli.command {
+        Command::Health { url } => return health(&url).await,
         Command::AllInOne(args) => {
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
@@ -64,4 +65,13 @@ async fn gpus(choice: &meshroom_svc::cli::Gpus) -> Vec<u32> {
         }
     );
     gpus
+}
+
+async fn health(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let status = client.get(url).send().await?.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
 }
