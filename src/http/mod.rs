@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 mod jobs;
 mod meta;
+mod multipart;
 mod openapi;
 mod submit;
 

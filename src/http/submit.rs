@@ -1,9 +1,8 @@
 //! `POST /jobs` (and its alias `POST /reconstruct`): JSON with image URLs, or multipart with the
 //! images streamed to disk as they arrive, checked against the limits before they are kept.
 
-use super::ApiError;
+use super::{multipart, ApiError};
 use crate::app::App;
-use crate::images;
 use crate::jobs::{Job, Upload};
 use crate::pipelines::PipelineError;
 use actix_multipart::Multipart;
@@ -13,7 +12,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
@@ -101,7 +99,7 @@ pub(super) async fn submit(
         "application/json" => (read_json(&app, payload).await?, Vec::new()),
         "multipart/form-data" => {
             let staging = app.tmp_dir().join(job.id.to_string());
-            let result = read_multipart(&app, Multipart::new(req.headers(), payload), &staging).await;
+            let result = multipart::read_multipart(&app, Multipart::new(req.headers(), payload), &staging).await;
             if result.is_err() {
                 let _ = tokio::fs::remove_dir_all(&staging).await;
             }
@@ -205,115 +203,6 @@ async fn read_json(app: &App, mut payload: web::Payload) -> Result<SubmitRequest
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
 }
 
-/// Reads the form; image files are streamed to `staging` and checked as they arrive.
-async fn read_multipart(
-    app: &App,
-    mut form: Multipart,
-    staging: &std::path::Path,
-) -> Result<(SubmitRequest, Vec<(Upload, PathBuf)>), ApiError> {
-    let limits = &app.config.limits;
-    let bad = |e: actix_multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.to_string());
-    let mut request = SubmitRequest::default();
-    let mut uploads: Vec<(Upload, PathBuf)> = Vec::new();
-    let mut total = 0u64;
-    while let Some(field) = form.next().await {
-        let mut field = field.map_err(bad)?;
-        let name = field.name().unwrap_or("").to_string();
-        if name != "images" {
-            let text = read_text_field(&mut field, app.config.server.max_json_bytes as usize).await?;
-            set_field(&mut request, &name, text)?;
-            continue;
-        }
-        if uploads.len() + request.image_urls.len() >= limits.max_images as usize {
-            return Err(too_many(limits.max_images));
-        }
-        let original = field
-            .content_disposition()
-            .and_then(|d| d.get_filename())
-            .unwrap_or("")
-            .to_string();
-        tokio::fs::create_dir_all(staging).await.map_err(staging_error)?;
-        let path = staging.join(uploads.len().to_string());
-        let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
-        let (mut size, mut head) = (0u64, Vec::new());
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(bad)?;
-            size += chunk.len() as u64;
-            total += chunk.len() as u64;
-            if size > limits.max_image_bytes {
-                return Err(too_large(
-                    "image_too_large",
-                    "limits.max_image_bytes",
-                    limits.max_image_bytes,
-                ));
-            }
-            if total > limits.max_total_bytes {
-                return Err(too_large(
-                    "images_too_large",
-                    "limits.max_total_bytes",
-                    limits.max_total_bytes,
-                ));
-            }
-            if head.len() < images::SNIFF_LEN {
-                head.extend_from_slice(&chunk[..chunk.len().min(images::SNIFF_LEN - head.len())]);
-            }
-            file.write_all(&chunk).await.map_err(staging_error)?;
-        }
-        file.flush().await.map_err(staging_error)?;
-        let kind = images::sniff(&head).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_image_type",
-                format!("'{original}' is not a JPEG, PNG or TIFF file"),
-            )
-        })?;
-        let upload = Upload {
-            name: images::file_name(uploads.len(), &original, kind),
-            size,
-        };
-        uploads.push((upload, path));
-    }
-    Ok((request, uploads))
-}
-
-async fn read_text_field(field: &mut actix_multipart::Field, max: usize) -> Result<String, ApiError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = field.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
-        if bytes.len() + chunk.len() > max {
-            return Err(too_large("payload_too_large", "server.max_json_bytes", max as u64));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_multipart", "form fields must be UTF-8"))
-}
-
-fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
-    fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, ApiError> {
-        serde_json::from_str(text).map_err(|e| ApiError::bad_request("invalid_json", format!("{field}: {e}")))
-    }
-    match name {
-        "image_urls" => request.image_urls.push(text),
-        "callback_url" => request.callback_url = Some(text),
-        "metadata" => request.metadata = Some(json(name, &text)?),
-        "pipeline" => request.pipeline = Some(text),
-        "priority" => request.priority = Some(json(name, &format!("{text:?}"))?),
-        "params" => request.params = json(name, &text)?,
-        "timeout_secs" => {
-            request.timeout_secs = Some(text.trim().parse().map_err(|_| {
-                ApiError::bad_request("invalid_timeout", "timeout_secs must be a positive whole number")
-            })?)
-        }
-        other => {
-            return Err(ApiError::bad_request(
-                "unknown_field",
-                format!("unknown form field '{other}'"),
-            ))
-        }
-    }
-    Ok(())
-}
-
 /// Checks a request and fills the job from it.
 fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) -> Result<(), ApiError> {
     let limits = &app.config.limits;
@@ -325,7 +214,7 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         ));
     }
     if count > limits.max_images as usize {
-        return Err(too_many(limits.max_images));
+        return Err(multipart::too_many(limits.max_images));
     }
     for url in &req.image_urls {
         check_url(url, "invalid_image_url")?;
@@ -399,29 +288,4 @@ fn check_url(url: &str, code: &str) -> Result<(), ApiError> {
             format!("'{url}' is not an http or https URL"),
         )),
     }
-}
-
-fn too_many(max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_images",
-        format!("a job takes at most {max} images (limits.max_images)"),
-    )
-}
-
-fn too_large(code: &str, key: &str, max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        code,
-        format!("over the limit of {max} bytes ({key})"),
-    )
-}
-
-fn staging_error(e: std::io::Error) -> ApiError {
-    log::error!("upload staging: {e}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "storage_unavailable",
-        "cannot store the upload; try again",
-    )
 }

@@ -143,8 +143,9 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     })
     .await;
     let heard = asked.elapsed();
+    eprintln!("cancel reached the worker after {heard:?}");
     assert!(
-        heard < Duration::from_millis(2500),
+        heard < Duration::from_secs(2),
         "cancel reached the worker after {heard:?}"
     );
     assert_eq!(a.wait_final(&hang, 20).await["status"], "canceled");

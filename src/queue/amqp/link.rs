@@ -1,7 +1,8 @@
 //! One live connection: a confirm-mode channel to publish on, channels to consume from, and
 //! callbacks that mark the link closed so the supervisor reconnects.
 
-use super::{confirm_args, consume_args, declare, persistent, publish_args, qos, Consume, Delivery, Topology};
+use super::broker::{confirm_args, consume_args, declare, persistent, publish_args, qos};
+use super::{Consume, Delivery, Topology};
 use crate::queue::QueueError;
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
 use amqprs::channel::{BasicRejectArguments, Channel, ConsumerMessage, QueueDeclareArguments};

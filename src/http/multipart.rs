@@ -1,0 +1,147 @@
+//! Multipart submits: image parts streamed to a staging folder and checked (type by content,
+//! size and count limits) as the bytes arrive; the other parts are the fields of a JSON submit.
+
+use super::submit::SubmitRequest;
+use super::ApiError;
+use crate::app::App;
+use crate::images;
+use crate::jobs::Upload;
+use actix_multipart::Multipart;
+use actix_web::http::StatusCode;
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use tokio::io::AsyncWriteExt;
+
+/// Reads the form; image files are streamed to `staging` and checked as they arrive.
+pub(super) async fn read_multipart(
+    app: &App,
+    mut form: Multipart,
+    staging: &std::path::Path,
+) -> Result<(SubmitRequest, Vec<(Upload, PathBuf)>), ApiError> {
+    let limits = &app.config.limits;
+    let bad = |e: actix_multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.to_string());
+    let mut request = SubmitRequest::default();
+    let mut uploads: Vec<(Upload, PathBuf)> = Vec::new();
+    let mut total = 0u64;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(bad)?;
+        let name = field.name().unwrap_or("").to_string();
+        if name != "images" {
+            let text = read_text_field(&mut field, app.config.server.max_json_bytes as usize).await?;
+            set_field(&mut request, &name, text)?;
+            continue;
+        }
+        if uploads.len() + request.image_urls.len() >= limits.max_images as usize {
+            return Err(too_many(limits.max_images));
+        }
+        let original = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .unwrap_or("")
+            .to_string();
+        tokio::fs::create_dir_all(staging).await.map_err(staging_error)?;
+        let path = staging.join(uploads.len().to_string());
+        let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
+        let (mut size, mut head) = (0u64, Vec::new());
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(bad)?;
+            size += chunk.len() as u64;
+            total += chunk.len() as u64;
+            if size > limits.max_image_bytes {
+                return Err(too_large(
+                    "image_too_large",
+                    "limits.max_image_bytes",
+                    limits.max_image_bytes,
+                ));
+            }
+            if total > limits.max_total_bytes {
+                return Err(too_large(
+                    "images_too_large",
+                    "limits.max_total_bytes",
+                    limits.max_total_bytes,
+                ));
+            }
+            if head.len() < images::SNIFF_LEN {
+                head.extend_from_slice(&chunk[..chunk.len().min(images::SNIFF_LEN - head.len())]);
+            }
+            file.write_all(&chunk).await.map_err(staging_error)?;
+        }
+        file.flush().await.map_err(staging_error)?;
+        let kind = images::sniff(&head).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_image_type",
+                format!("'{original}' is not a JPEG, PNG or TIFF file"),
+            )
+        })?;
+        let upload = Upload {
+            name: images::file_name(uploads.len(), &original, kind),
+            size,
+        };
+        uploads.push((upload, path));
+    }
+    Ok((request, uploads))
+}
+
+async fn read_text_field(field: &mut actix_multipart::Field, max: usize) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(too_large("payload_too_large", "server.max_json_bytes", max as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_multipart", "form fields must be UTF-8"))
+}
+
+fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
+    fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, ApiError> {
+        serde_json::from_str(text).map_err(|e| ApiError::bad_request("invalid_json", format!("{field}: {e}")))
+    }
+    match name {
+        "image_urls" => request.image_urls.push(text),
+        "callback_url" => request.callback_url = Some(text),
+        "metadata" => request.metadata = Some(json(name, &text)?),
+        "pipeline" => request.pipeline = Some(text),
+        "priority" => request.priority = Some(json(name, &format!("{text:?}"))?),
+        "params" => request.params = json(name, &text)?,
+        "timeout_secs" => {
+            request.timeout_secs = Some(text.trim().parse().map_err(|_| {
+                ApiError::bad_request("invalid_timeout", "timeout_secs must be a positive whole number")
+            })?)
+        }
+        other => {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("unknown form field '{other}'"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn too_many(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_images",
+        format!("a job takes at most {max} images (limits.max_images)"),
+    )
+}
+
+fn too_large(code: &str, key: &str, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        code,
+        format!("over the limit of {max} bytes ({key})"),
+    )
+}
+
+fn staging_error(e: std::io::Error) -> ApiError {
+    log::error!("upload staging: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "cannot store the upload; try again",
+    )
+}

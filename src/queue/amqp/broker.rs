@@ -1,0 +1,150 @@
+//! The broker side: connection settings from the URL, the queues and exchanges, and the
+//! arguments of each AMQP call.
+
+use super::Topology;
+use amqprs::channel::{
+    BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, Channel, ConfirmSelectArguments,
+    ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+};
+use amqprs::connection::OpenConnectionArguments;
+use amqprs::{BasicProperties, FieldTable, FieldValue};
+
+/// Declares the queues and exchanges (idempotent; run on every connect).
+pub(super) async fn declare(ch: &Channel, t: &Topology, version: &str) -> Result<(), amqprs::error::Error> {
+    let dlx = format!("{}.dlx", t.prefix);
+    let dead = format!("{}.dead", t.prefix);
+    ch.exchange_declare(ExchangeDeclareArguments::new(&dlx, "fanout").durable(true).finish())
+        .await?;
+    ch.queue_declare(QueueDeclareArguments::durable_client_named(&dead))
+        .await?;
+    ch.queue_bind(QueueBindArguments::new(&dead, &dlx, "")).await?;
+    for gpu in [false, true] {
+        let mut args = FieldTable::new();
+        args.insert("x-max-priority".try_into().unwrap(), FieldValue::s(2));
+        args.insert("x-dead-letter-exchange".try_into().unwrap(), dlx.as_str().into());
+        if honours_queue_consumer_timeout(version) {
+            args.insert(
+                "x-consumer-timeout".try_into().unwrap(),
+                FieldValue::l(t.consumer_timeout.as_millis() as i64),
+            );
+        }
+        let q = t.jobs(gpu);
+        ch.queue_declare(QueueDeclareArguments::durable_client_named(&q).arguments(args).finish())
+            .await?;
+    }
+    ch.queue_declare(QueueDeclareArguments::durable_client_named(&t.webhooks()))
+        .await?;
+    for secs in t.webhook_delays.iter().filter(|s| **s > 0) {
+        let mut args = FieldTable::new();
+        args.insert("x-message-ttl".try_into().unwrap(), FieldValue::l(*secs as i64 * 1000));
+        args.insert("x-dead-letter-exchange".try_into().unwrap(), "".into());
+        args.insert(
+            "x-dead-letter-routing-key".try_into().unwrap(),
+            t.webhooks().as_str().into(),
+        );
+        let q = t.wait(*secs);
+        ch.queue_declare(QueueDeclareArguments::durable_client_named(&q).arguments(args).finish())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Connection settings from an AMQP URI, decoding its parts (amqprs leaves `%2f` as is, and the
+/// default vhost `/` must be written `%2f`).
+pub fn connection_args(url: &str) -> Result<OpenConnectionArguments, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if u.scheme() != "amqp" {
+        return Err(format!("scheme {}: only amqp:// is supported", u.scheme()));
+    }
+    let decode = |s: &str| percent_decode(s).ok_or_else(|| "invalid percent-encoding".to_string());
+    let vhost = match u.path() {
+        "" | "/" => "/".to_string(),
+        p => decode(&p[1..])?,
+    };
+    let user = if u.username().is_empty() {
+        "guest".to_string()
+    } else {
+        decode(u.username())?
+    };
+    let password = decode(u.password().unwrap_or("guest"))?;
+    let host = u.host_str().ok_or("no host")?;
+    let mut args = OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &password);
+    args.virtual_host(&vhost)
+        .connection_name(concat!("meshroom-svc ", env!("CARGO_PKG_VERSION")));
+    Ok(args.finish())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// RabbitMQ honours the per-queue `x-consumer-timeout` from 3.12 on.
+pub fn honours_queue_consumer_timeout(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (3, 12)
+}
+
+pub(super) fn persistent(priority: u8) -> BasicProperties {
+    let mut props = BasicProperties::default();
+    props.with_persistence(true).with_content_type("application/json");
+    if priority > 0 {
+        props.with_priority(priority);
+    }
+    props.finish()
+}
+
+pub(super) fn publish_args(queue: &str) -> BasicPublishArguments {
+    BasicPublishArguments::new("", queue)
+}
+
+pub(super) fn qos(prefetch: u16) -> BasicQosArguments {
+    // global = true: RabbitMQ applies the limit to the whole channel, across both job queues.
+    BasicQosArguments::new(0, prefetch, true)
+}
+
+pub(super) fn consume_args(queue: &str) -> BasicConsumeArguments {
+    BasicConsumeArguments::new(queue, "").manual_ack(true).finish()
+}
+
+pub(super) fn confirm_args() -> ConfirmSelectArguments {
+    ConfirmSelectArguments::new(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_decoded() {
+        let a = super::connection_args("amqp://us%40er:p%2Fw@broker:5673/%2f").unwrap();
+        assert_eq!(
+            (a.get_host(), a.get_port(), a.get_virtual_host()),
+            ("broker", 5673, "/")
+        );
+        assert!(a.get_credentials() == &amqprs::security::SecurityCredentials::new_plain("us@er", "p/w"));
+        let b = super::connection_args("amqp://h/jobs").unwrap();
+        assert_eq!((b.get_port(), b.get_virtual_host()), (5672, "jobs"));
+        assert!(super::connection_args("amqps://h/").is_err());
+        assert!(super::connection_args("not a url").is_err());
+    }
+
+    #[test]
+    fn consumer_timeout_argument_needs_3_12() {
+        assert!(!super::honours_queue_consumer_timeout("3.10.8"));
+        assert!(!super::honours_queue_consumer_timeout("3.11.28"));
+        assert!(super::honours_queue_consumer_timeout("3.12.0"));
+        assert!(super::honours_queue_consumer_timeout("4.0.5"));
+        assert!(!super::honours_queue_consumer_timeout("garbage"));
+    }
+}
