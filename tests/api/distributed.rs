@@ -97,12 +97,7 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     assert_eq!(b.job(&id).await["metadata"]["n"], 1);
     let job = b.wait_final(&id, 60).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    let obj = job["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "texturedMesh.obj")
-        .unwrap();
+    let obj = result(&job, "texturedMesh.obj");
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -390,12 +385,7 @@ async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
     let job = api.wait_final(&id, 120).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let peak_kib = peak_rss_kib(worker.pid());
-    let dense = job["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "dense.ply")
-        .unwrap();
+    let dense = result(&job, "dense.ply");
     assert_eq!(dense["size"].as_u64(), Some(mib << 20));
     // Download through the API's redirect, streaming, and compare with the fake's pattern.
     let resp = api.get(dense["url"].as_str().unwrap()).await;

@@ -230,6 +230,15 @@ impl Api {
     }
 }
 
+/// The entry of a job's `results` with this name.
+pub fn result<'a>(job: &'a Value, name: &str) -> &'a Value {
+    let results = job["results"].as_array().expect("results");
+    results
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no result {name} in {job:#}"))
+}
+
 /// A webhook request as received.
 #[derive(Debug, Clone)]
 pub struct Hook {

@@ -38,12 +38,7 @@ async fn submit_by_url_succeeds_with_downloadable_files() {
     assert_eq!(names, ["texture_1001.png", "texturedMesh.mtl", "texturedMesh.obj"]);
 
     // Download a result, whole and by range.
-    let obj = job["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "texturedMesh.obj")
-        .unwrap();
+    let obj = result(&job, "texturedMesh.obj");
     let body = app.get(obj["url"].as_str().unwrap()).await.text().await.unwrap();
     assert!(body.starts_with("mtllib texturedMesh.mtl"));
     assert_eq!(body.len() as u64, obj["size"].as_u64().unwrap());
