@@ -6,10 +6,10 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod images;
 pub mod jobs;
-pub mod meshroom;
 pub mod metrics;
 pub mod pipelines;
 pub mod process;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Presets compiled into the binary, so `all-in-one` works from any folder.
-const BUILT_IN: [(&str, &str); 3] = [
+const BUILT_IN: [(&str, &str); 4] = [
+    ("colmap-sparse", include_str!("../pipelines/colmap-sparse.toml")),
     ("default", include_str!("../pipelines/default.toml")),
     ("draft", include_str!("../pipelines/draft.toml")),
     ("high", include_str!("../pipelines/high.toml")),
@@ -18,6 +19,8 @@ const BUILT_IN: [(&str, &str); 3] = [
 pub enum Engine {
     /// `meshroom_batch`.
     Meshroom,
+    /// COLMAP, on CPU.
+    Colmap,
 }
 
 /// One preset.

@@ -7,9 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Environment variable that marks every process of a job.
@@ -28,6 +32,129 @@ pub fn spawn_engine(program: &Path, args: &[String], env: &[(&str, String)], job
         .process_group(0)
         .kill_on_drop(true);
     cmd.spawn()
+}
+
+/// One engine command of a job, run to its end under supervision.
+#[derive(Debug)]
+pub struct Supervised<'a> {
+    /// The executable.
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Extra environment.
+    pub env: &'a [(&'a str, String)],
+    /// The job, for the process marker.
+    pub job: Uuid,
+    /// stdout and stderr are appended here.
+    pub log: &'a Path,
+    /// SIGTERM to SIGKILL delay when the run is stopped.
+    pub grace: Duration,
+}
+
+/// How a supervised command ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// `cancel` fired.
+    Canceled,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Failures of supervision itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The program could not be started.
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    /// The log could not be written.
+    #[error("engine log: {0}")]
+    Log(#[from] std::io::Error),
+}
+
+/// Runs a command until it exits, `cancel` fires or `deadline` passes, feeding each output line
+/// to `on_line` and calling `on_tick` every second. Whatever happens, no process of the job is
+/// left running when it returns: engines start children in sessions of their own, which can
+/// outlive them.
+pub async fn supervise(
+    cmd: &Supervised<'_>,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    mut on_line: impl FnMut(&str),
+    mut on_tick: impl FnMut(),
+) -> Result<Ended, SuperviseError> {
+    let mut child = spawn_engine(cmd.program, cmd.args, cmd.env, cmd.job)
+        .map_err(|e| SuperviseError::Spawn(cmd.program.display().to_string(), e))?;
+    let root = child.id();
+    let mut log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cmd.log)
+        .await?;
+    let (tx, mut lines) = mpsc::channel::<String>(256);
+    forward_lines(child.stdout.take(), tx.clone());
+    forward_lines(child.stderr.take(), tx);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => {
+                log.write_all(line.as_bytes()).await?;
+                on_line(&line);
+            }
+            _ = tick.tick() => on_tick(),
+            status = child.wait() => break Ended::Exited(status?),
+            _ = cancel.cancelled() => break Ended::Canceled,
+            _ = tokio::time::sleep_until(deadline) => break Ended::TimedOut,
+        }
+    };
+    let killed = kill_job_tree(cmd.job, root, cmd.grace).await;
+    if killed > 0 {
+        log::info!("job {}: stopped {killed} engine process(es)", cmd.job);
+    }
+    let _ = child.wait().await;
+    // The pipes close once every process is gone; bound the wait all the same.
+    let drain = async {
+        while let Some(line) = lines.recv().await {
+            log.write_all(line.as_bytes()).await?;
+            on_line(&line);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if let Ok(written) = tokio::time::timeout(Duration::from_secs(2), drain).await {
+        written?;
+    }
+    log.flush().await?;
+    Ok(outcome)
+}
+
+fn forward_lines(stream: Option<impl AsyncRead + Unpin + Send + 'static>, tx: mpsc::Sender<String>) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        // Lines may not be UTF-8; keep them, lossily.
+        while reader.read_until(b'\n', &mut buf).await.unwrap_or(0) > 0 {
+            if tx.send(String::from_utf8_lossy(&buf).into_owned()).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+}
+
+/// Runs a short helper command (no job marker needed) and returns its exit status and output.
+pub async fn run_helper(program: &Path, args: &[String], timeout: Duration) -> std::io::Result<std::process::Output> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "helper timed out"))?
 }
 
 /// GPU indices that `nvidia-smi` lists; empty when it is missing or fails.

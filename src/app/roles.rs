@@ -2,6 +2,7 @@
 
 use super::{App, Role, StartError};
 use crate::config::{Config, QueueKind, StorageKind};
+use crate::pipelines::Engine;
 use crate::queue::{amqp, Queue};
 use crate::{http, worker};
 use std::net::{SocketAddr, TcpListener};
@@ -149,8 +150,10 @@ fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
 }
 
 fn warn_about_setup(app: &Arc<App>) {
-    if crate::meshroom::find_binary(&app.config.engine.meshroom_batch).is_none() {
-        log::warn!("meshroom_batch not found: jobs will fail with engine_not_found until it is installed");
+    for engine in [Engine::Meshroom, Engine::Colmap] {
+        if let Err(e) = crate::engine::find_binary(engine, &app.config.engine) {
+            log::warn!("{e}: its pipelines will fail with engine_not_found");
+        }
     }
     if app.config.secrets.webhook_secret.is_none() {
         log::warn!("MESHROOM_SVC_WEBHOOK_SECRET is not set: webhooks are sent unsigned");

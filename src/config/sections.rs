@@ -35,6 +35,12 @@ pub struct LimitsConfig {
 pub struct EngineConfig {
     /// Path of `meshroom_batch`; empty means `$MESHROOM_BATCH`, then `PATH`.
     pub meshroom_batch: String,
+    /// Path of `colmap`; empty means `$COLMAP`, then `PATH`.
+    pub colmap: String,
+    /// Python with Open3D, to mesh COLMAP's sparse points (Poisson); empty skips meshing.
+    pub python: String,
+    /// Fewest images a COLMAP model must register for the job to succeed.
+    pub min_registered_images: u64,
     /// Folder of pipeline presets (`*.toml`); the built-in presets are used when it is missing.
     pub pipelines_dir: PathBuf,
     /// Default and largest per-job timeout, seconds.
@@ -177,6 +183,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             meshroom_batch: String::new(),
+            colmap: String::new(),
+            python: "python3".into(),
+            min_registered_images: 3,
             pipelines_dir: "pipelines".into(),
             timeout_secs: 24 * 3600,
             kill_grace_secs: 10,

@@ -3,7 +3,7 @@
 use super::ApiError;
 use crate::app::App;
 use crate::jobs::{Job, Status};
-use crate::{meshroom, worker};
+use crate::{engine, worker};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,7 @@ pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Resu
     let max = app.config.engine.log_tail_bytes;
     let live = app.work_dir(job.id).join("engine.log");
     let text = match job.status {
-        Status::Processing => meshroom::tail(&live, max),
+        Status::Processing => engine::tail(&live, max),
         _ => None,
     };
     let text = match text {

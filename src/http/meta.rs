@@ -1,6 +1,8 @@
 //! Service routes outside `/api/v1`: liveness, readiness and a summary. Open without an API key.
 
 use crate::app::App;
+use crate::engine;
+use crate::pipelines::Engine;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -23,9 +25,14 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
-    let engine = match crate::meshroom::find_binary(&app.config.engine.meshroom_batch) {
-        Some(p) => format!("ok: {}", p.display()),
-        None => "error: meshroom_batch not found (engine.meshroom_batch, MESHROOM_BATCH or PATH)".to_string(),
+    // Ready means the engine of the default pipeline can run; the other one is reported.
+    let default_engine = app
+        .pipelines
+        .get(app.default_pipeline())
+        .map_or(Engine::Meshroom, |p| p.engine);
+    let engine = match engine::find_binary(default_engine, &app.config.engine) {
+        Ok(p) => format!("ok: {}", p.display()),
+        Err(e) => format!("error: {e}"),
     };
     let queue = match app.queue.is_available() {
         true => "ok".to_string(),
@@ -42,11 +49,15 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
 
 #[utoipa::path(get, path = "/", tag = "service", responses((status = 200, description = "Name, version, engine, queue")))]
 pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
-    let binary = crate::meshroom::find_binary(&app.config.engine.meshroom_batch);
+    let binary = |e| {
+        engine::find_binary(e, &app.config.engine)
+            .ok()
+            .map(|p| p.display().to_string())
+    };
     HttpResponse::Ok().json(json!({
         "name": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
-        "engine": {"name": "meshroom", "binary": binary.map(|p| p.display().to_string())},
+        "engines": {"meshroom": binary(Engine::Meshroom), "colmap": binary(Engine::Colmap)},
         "queue": {"kind": app.queue.kind(), "depth": app.queue.depth().await},
         "storage": app.storage.kind(),
         "running_here": app.running.lock().expect("lock").len(),

@@ -98,6 +98,21 @@ impl ErrorInfo {
     }
 }
 
+/// What a COLMAP reconstruction holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Summary {
+    /// Images given.
+    pub images: u32,
+    /// Images placed in the model.
+    pub registered_images: u32,
+    /// 3D points in the sparse model.
+    pub points: u64,
+    /// Mean reprojection error, pixels.
+    pub mean_reprojection_error_px: f64,
+    /// Whether a mesh was made from the points.
+    pub mesh: bool,
+}
+
 /// An image uploaded with the job and kept in storage under `jobs/{id}/inputs/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Upload {
@@ -212,6 +227,9 @@ pub struct Job {
     pub log_tail: Option<String>,
     /// Files produced, once succeeded.
     pub results: Vec<ResultFile>,
+    /// What the model holds (COLMAP presets).
+    #[serde(default)]
+    pub summary: Option<Summary>,
     /// Webhook delivery of the last final state.
     pub webhook: Option<Delivery>,
 }
@@ -245,6 +263,7 @@ impl Job {
             error: None,
             log_tail: None,
             results: Vec::new(),
+            summary: None,
             webhook: None,
         }
     }
@@ -270,6 +289,7 @@ impl Job {
         self.error = None;
         self.log_tail = None;
         self.results.clear();
+        self.summary = None;
         self.started_at = None;
         self.finished_at = None;
         self.cancel_requested = false;

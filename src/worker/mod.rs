@@ -142,8 +142,9 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
     let interrupted = matches!(outcome, Err(Failure::Interrupted));
     let recorded = app.store.update(id, |j| {
         match outcome {
-            Ok(results) => {
+            Ok((results, summary)) => {
                 j.results = results;
+                j.summary = summary;
                 j.finish(Status::Succeeded, None);
             }
             Err(Failure::Interrupted) => {

@@ -2,8 +2,8 @@
 
 use super::{download, Failure};
 use crate::app::App;
-use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage};
-use crate::meshroom::{self, EngineError};
+use crate::engine::{self, EngineError};
+use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Summary};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub(super) async fn execute(
     job: &Job,
     gpu: Option<u32>,
     token: &CancellationToken,
-) -> Result<Vec<ResultFile>, Failure> {
+) -> Result<(Vec<ResultFile>, Option<Summary>), Failure> {
     let dir = app.work_dir(job.id);
     let stopped = || match app.shutdown.is_cancelled() {
         true => Failure::Interrupted,
@@ -46,10 +46,9 @@ pub(super) async fn execute(
     let overrides = preset
         .overrides_with(&job.params)
         .map_err(|e| ErrorInfo::new("invalid_param", e.to_string()))?;
-    let binary = meshroom::find_binary(&app.config.engine.meshroom_batch)
-        .ok_or_else(|| EngineError::NotFound.to_error_info())?;
+    let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
     clock.enter(Stage::Reconstructing).await;
-    let run = meshroom::Run {
+    let run = engine::Run {
         job: job.id,
         binary: &binary,
         dir: &dir,
@@ -58,16 +57,17 @@ pub(super) async fn execute(
         gpu,
         timeout: Duration::from_secs(job.timeout_secs),
         grace: Duration::from_secs(app.config.engine.kill_grace_secs),
+        config: &app.config.engine,
     };
     let (progress, writer) = progress_writer(app, job.id);
-    let result = meshroom::run(&run, token, |p| {
+    let result = engine::run(preset.engine, &run, token, |p| {
         let _ = progress.send(p);
     })
     .await;
     drop(progress);
     let _ = writer.await;
     // Keep the engine log in storage whatever happened, for GET /jobs/{id}/log.
-    let tail = meshroom::tail(&run.log_path(), app.config.engine.log_tail_bytes);
+    let tail = engine::tail(&run.log_path(), app.config.engine.log_tail_bytes);
     if let Err(e) = app
         .storage
         .put_bytes(
@@ -78,15 +78,16 @@ pub(super) async fn execute(
     {
         log::warn!("job {}: engine log not stored: {e}", job.id);
     }
-    match result {
+    let summary = match result {
         Err(EngineError::Canceled) => return Err(stopped()),
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
-        Ok(()) => {}
-    }
+        Ok(summary) => summary,
+    };
     clock.enter(Stage::Uploading).await;
-    store_results(app, job.id, &run.output_dir())
+    let results = store_results(app, job.id, &run.output_dir())
         .await
-        .map_err(Failure::from)
+        .map_err(Failure::from)?;
+    Ok((results, summary))
 }
 
 /// A channel whose progress reports are written to the job record by a task of their own, so a

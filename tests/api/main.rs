@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real app over HTTP, with the fake engine; real RabbitMQ
 //! and Garage for the distributed tests (`scripts/test` starts them).
 
+mod colmap;
 mod deploy;
 mod distributed;
 mod helpers;

@@ -1,0 +1,248 @@
+//! COLMAP on CPU: feature extraction, exhaustive matching, mapping, export, and a coarse mesh.
+//!
+//! Each stage is one `colmap` command under the same supervision as Meshroom. COLMAP's exit code
+//! cannot be trusted (a mapper that builds nothing may still exit 0), so success is judged by the
+//! model: the largest one must register at least `engine.min_registered_images` images.
+
+use super::{check_ended, EngineError, Run};
+use crate::jobs::{Progress, Summary};
+use crate::process::{self, Ended, Supervised};
+use std::path::{Path, PathBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+mod parse;
+
+/// The stages, as reported in `progress.node`.
+const STAGES: [&str; 5] = ["FeatureExtraction", "FeatureMatching", "Mapping", "Export", "Meshing"];
+
+/// Meshes the sparse points with Open3D; written next to the job's files when needed.
+const MESHER: &str = include_str!("mesh.py");
+
+/// Runs every stage; returns what the model holds.
+pub async fn run(
+    run: &Run<'_>,
+    cancel: &CancellationToken,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<Summary, EngineError> {
+    process::kill_job_tree(run.job, None, run.grace).await;
+    let (db, images, sparse, out) = (
+        run.dir.join("colmap.db"),
+        run.dir.join("images"),
+        run.dir.join("sparse"),
+        run.output_dir(),
+    );
+    // A retry starts over: COLMAP keeps no resumable state worth trusting after a crash.
+    let _ = tokio::fs::remove_file(&db).await;
+    let _ = tokio::fs::remove_dir_all(&sparse).await;
+    tokio::fs::create_dir_all(&sparse).await?;
+    tokio::fs::create_dir_all(out.join("sparse")).await?;
+    let image_count = std::fs::read_dir(&images)?.count() as u32;
+    let mut stage = Stage {
+        run,
+        cancel,
+        deadline: Instant::now() + run.timeout,
+        report: &mut on_progress,
+    };
+
+    let path = |p: &Path| p.display().to_string();
+    let mut args = vec!["feature_extractor".into(), "--database_path".into(), path(&db)];
+    args.extend([
+        "--image_path".into(),
+        path(&images),
+        "--SiftExtraction.use_gpu".into(),
+        "0".into(),
+    ]);
+    stage
+        .command(0, args, "SiftExtraction.", parse::extraction)
+        .await
+        .and_then(|e| check(e, "feature_extractor", run))?;
+
+    let args = vec![
+        "exhaustive_matcher".into(),
+        "--database_path".into(),
+        path(&db),
+        "--SiftMatching.use_gpu".into(),
+        "0".into(),
+    ];
+    stage
+        .command(1, args, "SiftMatching.", parse::matching)
+        .await
+        .and_then(|e| check(e, "exhaustive_matcher", run))?;
+
+    let mut args = vec![
+        "mapper".into(),
+        "--database_path".into(),
+        path(&db),
+        "--image_path".into(),
+        path(&images),
+    ];
+    args.extend(["--output_path".into(), path(&sparse)]);
+    let registering = move |line: &str| parse::registering(line, image_count);
+    match stage.command(2, args, "Mapper.", registering).await? {
+        // No model is judged below: mapper exits 1 when no image pair matches.
+        Ended::Exited(_) => {}
+        other => check(other, "mapper", run)?,
+    }
+
+    let (model, mut summary) = stage.best_model(&sparse, image_count).await?;
+    let needed = run.config.min_registered_images as u32;
+    if summary.registered_images < needed {
+        let registered = summary.registered_images;
+        return Err(EngineError::TooFewRegistered {
+            registered,
+            images: image_count,
+            needed,
+        });
+    }
+    let ply = out.join("sparse.ply");
+    for (target, kind) in [(path(&ply), "PLY"), (path(&out.join("sparse")), "TXT")] {
+        let args = vec![
+            "model_converter".into(),
+            "--input_path".into(),
+            path(&model),
+            "--output_path".into(),
+            target,
+        ];
+        let args = [args, vec!["--output_type".into(), kind.into()]].concat();
+        stage
+            .command(3, args, "", |_| None)
+            .await
+            .and_then(|e| check(e, "model_converter", run))?;
+    }
+    summary.mesh = stage.mesh(&ply, &out.join("mesh.ply")).await?;
+    Ok(summary)
+}
+
+/// A clean exit, or the matching error.
+fn check(ended: Ended, program: &str, run: &Run<'_>) -> Result<(), EngineError> {
+    check_ended(ended, &format!("colmap {program}"), run.timeout)
+}
+
+/// Runs stage commands of one job against one deadline, reporting progress.
+struct Stage<'a, 'r, F> {
+    run: &'a Run<'r>,
+    cancel: &'a CancellationToken,
+    deadline: Instant,
+    report: &'a mut F,
+}
+
+impl<F: FnMut(Progress)> Stage<'_, '_, F> {
+    /// Runs `colmap ARGS` (plus the job's overrides whose name starts with `section`) as stage
+    /// `index`; `within` reads a line into the fraction of the stage done.
+    async fn command(
+        &mut self,
+        index: usize,
+        mut args: Vec<String>,
+        section: &str,
+        within: impl Fn(&str) -> Option<f32>,
+    ) -> Result<Ended, EngineError> {
+        if !section.is_empty() {
+            for o in self.run.overrides.iter().filter(|o| o.starts_with(section)) {
+                let (key, value) = o.split_once('=').unwrap_or((o, ""));
+                args.extend([format!("--{key}"), value.to_string()]);
+            }
+        }
+        let (run, deadline, cancel) = (self.run, self.deadline, self.cancel);
+        let report = &mut *self.report;
+        report(progress(index, 0.0));
+        supervised(run, deadline, cancel, run.binary, &args, |line| {
+            if let Some(done) = within(line) {
+                report(progress(index, done));
+            }
+        })
+        .await
+    }
+
+    async fn supervised(
+        &self,
+        program: &Path,
+        args: &[String],
+        on_line: impl FnMut(&str),
+    ) -> Result<Ended, EngineError> {
+        supervised(self.run, self.deadline, self.cancel, program, args, on_line).await
+    }
+
+    /// The model with the most registered images, and its summary (`model_analyzer`).
+    async fn best_model(&mut self, sparse: &Path, images: u32) -> Result<(PathBuf, Summary), EngineError> {
+        let mut best: Option<(PathBuf, Summary)> = None;
+        let mut models: Vec<PathBuf> = std::fs::read_dir(sparse)?.flatten().map(|e| e.path()).collect();
+        models.sort();
+        for model in models {
+            let args = vec!["model_analyzer".into(), "--path".into(), model.display().to_string()];
+            let mut lines = Vec::new();
+            let ended = self
+                .supervised(self.run.binary, &args, |l| lines.push(l.to_string()))
+                .await?;
+            check(ended, "model_analyzer", self.run)?;
+            let summary = parse::summary(&lines, images);
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| summary.registered_images > b.registered_images)
+            {
+                best = Some((model, summary));
+            }
+        }
+        best.ok_or(EngineError::TooFewRegistered {
+            registered: 0,
+            images,
+            needed: self.run.config.min_registered_images as u32,
+        })
+    }
+
+    /// Poisson mesh of the sparse points; `false` when it cannot be made here (no Open3D, too
+    /// few points), which leaves the job successful with the sparse model.
+    async fn mesh(&mut self, points: &Path, mesh: &Path) -> Result<bool, EngineError> {
+        (self.report)(progress(4, 0.0));
+        let python = &self.run.config.python;
+        if python.is_empty() {
+            return Ok(false);
+        }
+        let script = self.run.dir.join("mesh.py");
+        tokio::fs::write(&script, MESHER).await?;
+        let args = [script, points.to_path_buf(), mesh.to_path_buf()].map(|p| p.display().to_string());
+        match self.supervised(Path::new(python), &args, |_| {}).await {
+            Ok(Ended::Exited(status)) if status.success() => Ok(true),
+            Ok(Ended::Exited(_)) | Err(EngineError::Spawn(..)) => {
+                log::warn!(
+                    "job {}: no mesh from the sparse points (see the engine log)",
+                    self.run.job
+                );
+                Ok(false)
+            }
+            Ok(other) => check(other, "mesh", self.run).map(|()| false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One command of the job, logged to its engine log, stopped by `cancel` or `deadline`.
+async fn supervised(
+    run: &Run<'_>,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    program: &Path,
+    args: &[String],
+    on_line: impl FnMut(&str),
+) -> Result<Ended, EngineError> {
+    let (env, log) = (run.env(), run.log_path());
+    let cmd = Supervised {
+        program,
+        args,
+        env: &env,
+        job: run.job,
+        log: &log,
+        grace: run.grace,
+    };
+    Ok(process::supervise(&cmd, deadline, cancel, on_line, || {}).await?)
+}
+
+fn progress(index: usize, within: f32) -> Progress {
+    let count = STAGES.len() as f32;
+    Progress {
+        percent: ((index as f32 + within.clamp(0.0, 1.0)) / count * 100.0).min(99.0),
+        node: Some(STAGES[index].to_string()),
+        node_index: Some(index as u32 + 1),
+        node_count: Some(STAGES.len() as u32),
+    }
+}

@@ -1,0 +1,123 @@
+//! Runs `meshroom_batch` for one job as ../shared/docs/meshroom-contract.md describes: pinned to
+//! its GPU, with progress from its printed lines and status files, never with `--cache`.
+
+use super::{check_ended, EngineError, Run};
+use crate::jobs::Progress;
+use crate::process::{self, Supervised};
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+pub mod progress;
+
+/// The command line, as the contract gives it.
+fn args(run: &Run<'_>, resume: bool) -> Vec<String> {
+    let mut args = vec![
+        "--input".into(),
+        run.dir.join("images").display().to_string(),
+        "--output".into(),
+        run.output_dir().display().to_string(),
+        // Never --cache (ignored or nested in some releases): the cache follows --save.
+        "--save".into(),
+        run.dir.join("project.mg").display().to_string(),
+        "--pipeline".into(),
+        run.pipeline.to_string(),
+    ];
+    if resume {
+        // A previous attempt crashed and left chunks RUNNING; resume what it finished.
+        args.push("--forceStatus".into());
+    }
+    if !run.overrides.is_empty() {
+        args.push("--paramOverrides".into());
+        args.extend(run.overrides.iter().cloned());
+    }
+    args
+}
+
+/// Runs the engine to the end, reporting progress as it changes.
+pub async fn run(
+    run: &Run<'_>,
+    cancel: &CancellationToken,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<(), EngineError> {
+    // A crashed predecessor may have left processes of this job behind.
+    process::kill_job_tree(run.job, None, run.grace).await;
+    tokio::fs::create_dir_all(run.output_dir()).await?;
+    let resume = tokio::fs::try_exists(run.dir.join("project.mg")).await.unwrap_or(false);
+    let (args, env, log) = (args(run, resume), run.env(), run.log_path());
+    let cmd = Supervised {
+        program: run.binary,
+        args: &args,
+        env: &env,
+        job: run.job,
+        log: &log,
+        grace: run.grace,
+    };
+    let cache = run.dir.join("MeshroomCache");
+    // Both callbacks report progress: they share the tracker and the reporter.
+    let state = std::sync::Mutex::new((progress::Tracker::default(), &mut on_progress));
+    let on_line = |line: &str| {
+        let (tracker, report) = &mut *state.lock().expect("lock");
+        if tracker.line(line) {
+            report(tracker.progress());
+        }
+    };
+    let on_tick = || {
+        let (tracker, report) = &mut *state.lock().expect("lock");
+        if tracker.succeeded(progress::scan_cache(&cache).succeeded) {
+            report(tracker.progress());
+        }
+    };
+    let deadline = tokio::time::Instant::now() + run.timeout;
+    let ended = process::supervise(&cmd, deadline, cancel, on_line, on_tick).await?;
+    match check_ended(ended, "meshroom_batch", run.timeout) {
+        Err(EngineError::Failed { program, status, .. }) => {
+            let node = progress::scan_cache(&cache).failed.into_iter().next();
+            Err(EngineError::Failed { program, status, node })
+        }
+        Err(e) => Err(e),
+        Ok(()) if !has_mesh(&run.output_dir()) => Err(EngineError::OutputMissing(
+            "meshroom_batch succeeded but wrote no .obj mesh to its output folder".into(),
+        )),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn has_mesh(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("obj")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn arguments_follow_the_contract() {
+        let overrides = vec!["Texturing:textureSide=4096".to_string()];
+        let config = Default::default();
+        let run = Run {
+            job: uuid::Uuid::now_v7(),
+            binary: Path::new("meshroom_batch"),
+            dir: Path::new("/w/j"),
+            pipeline: "photogrammetryDraft",
+            overrides: &overrides,
+            gpu: Some(1),
+            timeout: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            config: &config,
+        };
+        let joined = args(&run, false).join(" ");
+        assert_eq!(
+            joined,
+            "--input /w/j/images --output /w/j/output --save /w/j/project.mg --pipeline photogrammetryDraft \
+             --paramOverrides Texturing:textureSide=4096"
+        );
+        assert!(!joined.contains("--cache"));
+        assert!(args(&run, true).contains(&"--forceStatus".to_string()));
+        assert_eq!(run.env()[0], ("CUDA_VISIBLE_DEVICES", "1".to_string()));
+    }
+}
