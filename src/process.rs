@@ -143,20 +143,6 @@ fn forward_lines(stream: Option<impl AsyncRead + Unpin + Send + 'static>, tx: mp
     });
 }
 
-/// Runs a short helper command (no job marker needed) and returns its exit status and output.
-pub async fn run_helper(program: &Path, args: &[String], timeout: Duration) -> std::io::Result<std::process::Output> {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "helper timed out"))?
-}
-
 /// GPU indices that `nvidia-smi` lists; empty when it is missing or fails.
 pub async fn list_gpus() -> Vec<u32> {
     let out = Command::new("nvidia-smi")
