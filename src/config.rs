@@ -25,6 +25,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Storage backend.
     pub storage: StorageConfig,
+    /// Outbound request policy.
+    pub security: SecurityConfig,
     /// Secrets, read from the environment only and never printed.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -165,6 +167,9 @@ impl Config {
             if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
                 problems.push("MESHROOM_SVC_AMQP_URL: expected amqp://user:password@host:port/vhost".into());
             }
+        }
+        if let Err(e) = crate::egress::Egress::new(&self.security.allowed_networks) {
+            problems.push(e);
         }
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod http;
 pub mod images;

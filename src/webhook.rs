@@ -2,6 +2,7 @@
 //! lives in the job record, so a pending delivery carries on after a restart.
 
 use crate::config::WebhookConfig;
+use crate::egress::{self, Egress};
 use crate::jobs::{Attempt, Delivery, DeliveryState, Job, Store};
 use crate::queue::{Queue, Settle};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,13 +36,23 @@ pub struct Webhooks {
     schedule: Vec<Duration>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     attempts: prometheus::IntCounterVec,
+    egress: Egress,
 }
+
+/// How an attempt refused by the egress policy is recorded.
+const BLOCKED: &str = "not sent: ";
 
 impl Webhooks {
     /// A sender with the configured schedule and secret (checked at config load).
-    pub fn new(config: &WebhookConfig, secret: Option<&str>, attempts: prometheus::IntCounterVec) -> Webhooks {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none()) // a redirect is a failure, per the spec
+    pub fn new(
+        config: &WebhookConfig,
+        secret: Option<&str>,
+        attempts: prometheus::IntCounterVec,
+        egress: &Egress,
+    ) -> Webhooks {
+        // Public addresses only; a redirect is a failure, per the spec.
+        let client = egress
+            .client(0)
             .timeout(Duration::from_secs(config.timeout_secs))
             .user_agent(concat!("meshroom-svc/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -52,6 +63,7 @@ impl Webhooks {
             schedule: config.schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
             in_flight: Default::default(),
             attempts,
+            egress: egress.clone(),
         }
     }
 
@@ -134,12 +146,34 @@ impl Webhooks {
                 return Ok(Some(wait)); // not due yet (early delivery, or a restart)
             }
         }
-        let (attempt, retry_after) = self.attempt(&url, &d, &payload(&job, &d.event)).await;
+        let (attempt, retry_after) = match reqwest::Url::parse(&url).map_err(|_| egress::Blocked::Host) {
+            // An address the policy refuses is refused for good: no attempt, no retry.
+            Ok(u) => match self.egress.check(&u) {
+                Ok(()) => self.attempt(&url, &d, &payload(&job, &d.event)).await,
+                Err(why) => (
+                    Attempt {
+                        at: Utc::now(),
+                        status: None,
+                        error: Some(format!("{BLOCKED}{why}")),
+                    },
+                    Duration::ZERO,
+                ),
+            },
+            Err(why) => (
+                Attempt {
+                    at: Utc::now(),
+                    status: None,
+                    error: Some(format!("{BLOCKED}{why}")),
+                },
+                Duration::ZERO,
+            ),
+        };
+        let blocked = attempt.error.as_deref().is_some_and(|e| e.starts_with(BLOCKED));
         let done = d.attempts.len() + 1;
         let state = match attempt.status {
             Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
             Some(410) => DeliveryState::Gone,
-            _ if done >= self.schedule.len() => DeliveryState::Failed,
+            _ if done >= self.schedule.len() || blocked => DeliveryState::Failed,
             _ => DeliveryState::Pending,
         };
         log::info!(
@@ -215,10 +249,10 @@ impl Webhooks {
                 )
             }
             Err(e) => {
-                let reason = if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    e.without_url().to_string()
+                let reason = match egress::is_blocked(&e) {
+                    Some(why) => format!("{BLOCKED}{why}"),
+                    None if e.is_timeout() => "timed out".to_string(),
+                    None => e.without_url().to_string(),
                 };
                 (
                     Attempt {
@@ -271,6 +305,7 @@ mod tests {
             &Default::default(),
             None,
             crate::metrics::Metrics::default().webhook_attempts,
+            &Egress::default(),
         );
         hooks.begin(&mut job);
         let first = payload(&job, "job.succeeded");

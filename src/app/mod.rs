@@ -65,6 +65,8 @@ pub struct App {
     pub webhooks: Webhooks,
     /// HTTP client for image downloads.
     pub downloads: reqwest::Client,
+    /// Where outbound requests may go.
+    pub egress: crate::egress::Egress,
     /// GPUs of this process's worker slots; empty means CPU only.
     pub gpus: Vec<u32>,
     /// Whether the API accepts jobs whose pipeline needs a GPU.
@@ -93,10 +95,12 @@ impl App {
             )));
         }
         let metrics = crate::metrics::Metrics::default();
+        let egress = crate::egress::Egress::new(&config.security.allowed_networks).map_err(StartError::Refused)?;
         let webhooks = Webhooks::new(
             &config.webhook,
             config.secrets.webhook_secret.as_deref(),
             metrics.webhook_attempts.clone(),
+            &egress,
         );
         let shutdown = CancellationToken::new();
         let queue = match config.queue.kind {
@@ -131,7 +135,8 @@ impl App {
             queue: Arc::new(queue),
             pipelines,
             webhooks,
-            downloads: worker::download::client(Duration::from_secs(config.worker.download_timeout_secs)),
+            downloads: worker::download::client(&egress, Duration::from_secs(config.worker.download_timeout_secs)),
+            egress,
             // Behind `serve`, GPU jobs wait in their own queue for `work --gpu N` nodes.
             accepts_gpu_jobs: role == Role::Serve || !gpus.is_empty(),
             gpus,

@@ -81,7 +81,8 @@ fn describe(v: &Value) -> &'static str {
         Value::Integer(_) => "a non-negative integer",
         Value::String(_) => "a string",
         Value::Boolean(_) => "true or false",
-        Value::Array(_) => "a list of non-negative integers",
+        Value::Array(items) if matches!(items.first(), Some(Value::Integer(_))) => "a list of non-negative integers",
+        Value::Array(_) => "a list",
         _ => "another type",
     }
 }
@@ -103,13 +104,20 @@ fn parse_like(default: &Value, raw: &str) -> Result<Value, &'static str> {
             "false" | "0" => Ok(Value::Boolean(false)),
             _ => Err(describe(default)),
         },
-        Value::Array(_) => raw
+        Value::Array(items) if matches!(items.first(), Some(Value::Integer(_))) => raw
             .split(',')
             .filter(|s| !s.trim().is_empty())
             .map(int)
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array)
             .map_err(|_| describe(default)),
+        Value::Array(_) => Ok(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+        )),
         _ => Err("supported"),
     }
 }

@@ -79,6 +79,14 @@ pub struct WebhookConfig {
     pub timeout_secs: u64,
 }
 
+/// `[security]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Networks (CIDR or address) that image and callback URLs may reach besides public ones.
+    pub allowed_networks: Vec<String>,
+}
+
 /// Queue backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

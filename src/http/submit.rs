@@ -217,10 +217,10 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         return Err(multipart::too_many(limits.max_images));
     }
     for url in &req.image_urls {
-        check_url(url, "invalid_image_url")?;
+        check_url(app, url, "invalid_image_url")?;
     }
     if let Some(url) = &req.callback_url {
-        check_url(url, "invalid_callback_url")?;
+        check_url(app, url, "invalid_callback_url")?;
     }
     let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
     let Some(preset) = app.pipelines.get(&pipeline) else {
@@ -280,12 +280,16 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     Ok(())
 }
 
-fn check_url(url: &str, code: &str) -> Result<(), ApiError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(ApiError::bad_request(
-            code,
-            format!("'{url}' is not an http or https URL"),
+/// An http(s) URL whose host the egress policy allows (names are checked again when resolved).
+fn check_url(app: &App, url: &str, code: &str) -> Result<(), ApiError> {
+    let bad = || ApiError::bad_request(code, format!("'{url}' is not an http or https URL"));
+    let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
+    match app.egress.check(&parsed) {
+        Ok(()) => Ok(()),
+        Err(crate::egress::Blocked::Internal(why)) => Err(ApiError::bad_request(
+            "url_not_allowed",
+            format!("'{url}' reaches {why}"),
         )),
+        Err(_) => Err(bad()),
     }
 }

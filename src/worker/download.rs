@@ -3,6 +3,7 @@
 //! retried with exponential backoff.
 
 use crate::app::App;
+use crate::egress::{self, Egress};
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
 use backon::{ExponentialBuilder, Retryable};
@@ -12,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// The HTTP client for image downloads: a few redirects, bounded waits.
-pub fn client(read_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(5))
+/// The HTTP client for image downloads: public addresses only, a few checked redirects, bounded waits.
+pub fn client(egress: &Egress, read_timeout: Duration) -> reqwest::Client {
+    egress
+        .client(5)
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(read_timeout)
         .user_agent(concat!("meshroom-svc/", env!("CARGO_PKG_VERSION")))
@@ -99,10 +100,23 @@ async fn fetch_counted(
 ) -> Result<(), Failed> {
     let limits = &app.config.limits;
     let shown = display_url(url);
-    let transport = |e: reqwest::Error| Failed {
-        info: ErrorInfo::new("download_failed", format!("image {shown}: {}", e.without_url())),
-        transient: true,
+    let transport = |e: reqwest::Error| match egress::is_blocked(&e) {
+        // The egress policy refused the address: trying again changes nothing.
+        Some(why) => Failed::permanent(ErrorInfo::new("url_not_allowed", format!("image {shown}: {why}"))),
+        None => Failed {
+            info: ErrorInfo::new("download_failed", format!("image {shown}: {}", e.without_url())),
+            transient: true,
+        },
     };
+    if let Err(why) = reqwest::Url::parse(url)
+        .map_err(|_| egress::Blocked::Host)
+        .and_then(|u| app.egress.check(&u))
+    {
+        return Err(Failed::permanent(ErrorInfo::new(
+            "url_not_allowed",
+            format!("image {shown}: {why}"),
+        )));
+    }
     let timeout = Duration::from_secs(app.config.worker.download_timeout_secs);
     let resp = app
         .downloads

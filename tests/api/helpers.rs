@@ -85,6 +85,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.engine.pipelines_dir = dir.join("no-pipelines");
     c.engine.kill_grace_secs = 1;
     c.worker.retry_delay_ms = 50;
+    // The fixture servers run on loopback.
+    c.security.allowed_networks = vec!["127.0.0.0/8".into()];
     c.webhook.schedule_secs = vec![0, 1, 1, 1];
     c.webhook.timeout_secs = 2;
     c.secrets.webhook_secret = Some(SECRET.into());

@@ -9,5 +9,6 @@ mod lifecycle;
 mod procs;
 mod restart;
 mod s3;
+mod ssrf;
 mod validation;
 mod webhooks;

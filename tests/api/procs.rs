@@ -24,6 +24,7 @@ impl Proc {
             .env("MESHROOM_SVC_ENGINE_MESHROOM_BATCH", &config.engine.meshroom_batch)
             .env("MESHROOM_SVC_ENGINE_KILL_GRACE_SECS", "1")
             .env("MESHROOM_SVC_WORKER_RETRY_DELAY_MS", "50")
+            .env("MESHROOM_SVC_SECURITY_ALLOWED_NETWORKS", "127.0.0.0/8")
             .env("MESHROOM_SVC_WEBHOOK_SECRET", SECRET)
             .env("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,1,1,1")
             .env("RUST_LOG", "info")
