@@ -27,6 +27,8 @@ pub struct LimitsConfig {
     pub max_image_bytes: u64,
     /// Largest sum of a job's images, bytes.
     pub max_total_bytes: u64,
+    /// Most pixels in one image (width × height from its header), against decompression bombs.
+    pub max_image_pixels: u64,
 }
 
 /// `[engine]`
@@ -183,6 +185,7 @@ impl Default for LimitsConfig {
             max_images: 500,
             max_image_bytes: 100 << 20,
             max_total_bytes: 10 << 30,
+            max_image_pixels: 250_000_000,
         }
     }
 }

@@ -42,7 +42,8 @@ pub(super) async fn read_multipart(
         tokio::fs::create_dir_all(staging).await.map_err(staging_error)?;
         let path = staging.join(uploads.len().to_string());
         let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
-        let (mut size, mut head) = (0u64, Vec::new());
+        let (mut size, mut inspector) = (0u64, images::Inspector::new(limits.max_image_pixels));
+        let refused = |e: images::ImageError| image_error(&original, e);
         while let Some(chunk) = field.next().await {
             let chunk = chunk.map_err(bad)?;
             size += chunk.len() as u64;
@@ -61,19 +62,11 @@ pub(super) async fn read_multipart(
                     limits.max_total_bytes,
                 ));
             }
-            if head.len() < images::SNIFF_LEN {
-                head.extend_from_slice(&chunk[..chunk.len().min(images::SNIFF_LEN - head.len())]);
-            }
+            inspector.feed(&chunk).map_err(refused)?;
             file.write_all(&chunk).await.map_err(staging_error)?;
         }
         file.flush().await.map_err(staging_error)?;
-        let kind = images::sniff(&head).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_image_type",
-                format!("'{original}' is not a JPEG, PNG or TIFF file"),
-            )
-        })?;
+        let kind = inspector.finish().map_err(refused)?;
         let upload = Upload {
             name: images::file_name(uploads.len(), &original, kind),
             size,
@@ -144,4 +137,14 @@ fn staging_error(e: std::io::Error) -> ApiError {
         "storage_unavailable",
         "cannot store the upload; try again",
     )
+}
+
+/// An image refused by its content: 415 for other types, 413 for too many pixels, else 400.
+fn image_error(name: &str, e: images::ImageError) -> ApiError {
+    let status = match e {
+        images::ImageError::NotAnImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        images::ImageError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.code(), format!("'{name}': {e}"))
 }

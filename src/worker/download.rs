@@ -133,30 +133,14 @@ async fn fetch_counted(
     }
     let name_hint = resp.url().path().to_string();
     let mut body = resp.bytes_stream();
-    // Hold the first bytes until the type is known: the file is named after its real type.
-    let mut head = Vec::new();
-    while head.len() < images::SNIFF_LEN {
-        match body.next().await {
-            Some(chunk) => head.extend_from_slice(&chunk.map_err(transport)?),
-            None => break,
-        }
-    }
-    let kind = images::sniff(&head).ok_or_else(|| {
-        let message = format!("image {shown}: not a JPEG, PNG or TIFF file");
-        Failed::permanent(ErrorInfo::new("unsupported_image_type", message))
-    })?;
-    let path = dir.join(images::file_name(index, &name_hint, kind));
+    // Streamed to a temporary name: the file is named after its real type, known at the end.
+    let partial = dir.join(format!("{index:04}.part"));
     let io = |e: std::io::Error| Failed::permanent(ErrorInfo::new("worker_io_error", format!("working folder: {e}")));
-    let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
-    let mut pending = Some(bytes::Bytes::from(head));
-    loop {
-        let chunk = match pending.take() {
-            Some(c) => c,
-            None => match body.next().await {
-                Some(c) => c.map_err(transport)?,
-                None => break,
-            },
-        };
+    let refused = |e: images::ImageError| Failed::permanent(ErrorInfo::new(e.code(), format!("image {shown}: {e}")));
+    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
+    let mut inspector = images::Inspector::new(limits.max_image_pixels);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(transport)?;
         *counted += chunk.len() as u64;
         let sum = total.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
         if *counted > limits.max_image_bytes {
@@ -173,9 +157,14 @@ async fn fetch_counted(
             );
             return Err(Failed::permanent(ErrorInfo::new("images_too_large", message)));
         }
+        inspector.feed(&chunk).map_err(refused)?;
         file.write_all(&chunk).await.map_err(io)?;
     }
     file.flush().await.map_err(io)?;
+    let kind = inspector.finish().map_err(refused)?;
+    tokio::fs::rename(&partial, dir.join(images::file_name(index, &name_hint, kind)))
+        .await
+        .map_err(io)?;
     Ok(())
 }
 

@@ -148,6 +148,9 @@ async fn colmap_runs_are_supervised_like_meshroom() {
     let job = app.wait_final(&id, 60).await;
     assert_eq!(job["error"]["code"], "engine_timeout", "{job:#}");
     // The tail holds what COLMAP printed before it was stopped.
-    assert!(job["log_tail"].as_str().unwrap().contains("Feature extraction"), "{job:#}");
+    assert!(
+        job["log_tail"].as_str().unwrap().contains("Feature extraction"),
+        "{job:#}"
+    );
     assert!(job_processes(&id).is_empty(), "no COLMAP process outlives its job");
 }

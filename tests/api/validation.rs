@@ -264,3 +264,68 @@ async fn service_routes_describe_the_service() {
     }
     assert!(doc["components"]["schemas"]["Job"].is_object());
 }
+
+/// A few-KB PNG whose header declares 100000×100000 pixels.
+fn pixel_bomb() -> Vec<u8> {
+    let mut bomb = tiny_png();
+    bomb[16..24].copy_from_slice(&[0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0]);
+    bomb
+}
+
+#[tokio::test]
+async fn hostile_images_are_refused_as_uploads_and_as_urls() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let jpeg = photo(0);
+    let mut zip_after = jpeg.clone();
+    zip_after.extend_from_slice(b"PK\x03\x04\x14\0\0\0\x08\0evil.sh#!/bin/sh\nrm -rf /\nPK\x05\x06");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("bomb.jpg", pixel_bomb(), 413, "image_too_many_pixels"),
+        ("cut.jpg", jpeg[..jpeg.len() / 2].to_vec(), 400, "invalid_image"),
+        ("polyglot.jpg", zip_after, 400, "invalid_image"),
+        (
+            "page.jpg",
+            b"<!DOCTYPE html><html><body>hi</body></html>".to_vec(),
+            415,
+            "unsupported_image_type",
+        ),
+        (
+            "vector.jpg",
+            b"<svg xmlns='http://www.w3.org/2000/svg'><script>1</script></svg>".to_vec(),
+            415,
+            "unsupported_image_type",
+        ),
+        (
+            "doc.jpg",
+            b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF".to_vec(),
+            415,
+            "unsupported_image_type",
+        ),
+        (
+            "magic.jpg",
+            b"\xFF\xD8\xFF\xE0<script>alert(1)</script>\xFF\xD9".to_vec(),
+            400,
+            "invalid_image",
+        ),
+    ];
+    for (name, bytes, status, code) in &cases {
+        let started = std::time::Instant::now();
+        expect_error(app.upload(vec![(name, bytes.clone())], &[]).await, *status, code).await;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        // The same bytes behind a URL fail the job with the same code.
+        let id = app.submit(json!({"image_urls": [edge.add(name, bytes.clone())]})).await;
+        let job = app.wait_final(&id, 30).await;
+        assert_eq!(
+            (job["status"].as_str(), job["error"]["code"].as_str()),
+            (Some("failed"), Some(*code)),
+            "{name}"
+        );
+    }
+    // Nothing of the refused uploads stays on disk.
+    let staged = std::fs::read_dir(app.app.tmp_dir()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(staged, 0);
+}
