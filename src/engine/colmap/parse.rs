@@ -21,7 +21,7 @@ pub fn matching(line: &str) -> Option<f32> {
 pub fn registering(line: &str, images: u32) -> Option<f32> {
     let rest = line.split("Registering image #").nth(1)?;
     let count: u32 = rest.split('(').nth(1)?.split(')').next()?.trim().parse().ok()?;
-    (images > 0).then(|| count as f32 / images as f32)
+    (images > 0).then(|| (count as f32 / images as f32).min(1.0))
 }
 
 /// `model_analyzer` output → the summary (`mesh` is filled in later).
@@ -90,5 +90,31 @@ mod tests {
         assert_eq!((s.images, s.registered_images, s.points), (13, 11, 632));
         assert!((s.mean_reprojection_error_px - 0.274929).abs() < 1e-9);
         assert_eq!(summary(&[], 2).registered_images, 0);
+    }
+
+    proptest::proptest! {
+        /// Any printed text: never a panic, fractions within 0..=1.
+        #[test]
+        fn any_output_is_safe(line in ".*", images in 0u32..100) {
+            for f in [extraction(&line), matching(&line), registering(&line, images)].into_iter().flatten() {
+                proptest::prop_assert!((0.0..=1.0).contains(&f), "{f} from {line:?}");
+            }
+            let _ = summary(&[line], images);
+        }
+
+        /// The known lines with any numbers.
+        #[test]
+        fn any_numbers(a in proptest::num::u32::ANY, b in proptest::num::u32::ANY, c in proptest::num::u32::ANY, d in proptest::num::u32::ANY, images in 0u32..100) {
+            let lines = [
+                format!("Processed file [{a}/{b}]"),
+                format!("Matching block [{a}/{b}, {c}/{d}] in 1.0s"),
+                format!("Registering image #{a} ({b})"),
+            ];
+            for line in &lines {
+                for f in [extraction(line), matching(line), registering(line, images)].into_iter().flatten() {
+                    proptest::prop_assert!((0.0..=1.0).contains(&f), "{f} from {line:?}");
+                }
+            }
+        }
     }
 }

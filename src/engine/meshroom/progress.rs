@@ -246,4 +246,39 @@ mod tests {
             }
         );
     }
+
+    proptest::proptest! {
+        /// Any printed text: never a panic, and progress always within 0..=99.
+        #[test]
+        fn any_output_is_safe(lines in proptest::collection::vec(".*", 0..50), n in 0u32..20) {
+            let mut t = Tracker::default();
+            for l in &lines {
+                t.line(l);
+            }
+            t.succeeded(n);
+            let p = t.progress();
+            proptest::prop_assert!((0.0..=99.0).contains(&p.percent));
+        }
+
+        /// Node lines with any numbers, including absurd ones.
+        #[test]
+        fn any_numbers(i in proptest::num::u32::ANY, n in proptest::num::u32::ANY, c in proptest::num::u32::ANY, k in proptest::num::u32::ANY) {
+            let mut t = Tracker::default();
+            t.line(&format!("[{i}/{n}]({c}/{k}) DepthMap"));
+            t.line(&format!("[{i}/{n}] Meshing"));
+            let p = t.progress();
+            proptest::prop_assert!((0.0..=99.0).contains(&p.percent));
+        }
+
+        /// Status files with any content.
+        #[test]
+        fn any_status_file(content in proptest::collection::vec(proptest::num::u8::ANY, 0..300), json in "\\{\"status\": \".{0,12}\"(, \"nodeName\": .{0,10})?\\}") {
+            let dir = tempfile::tempdir().unwrap();
+            let node = dir.path().join("Node/uid");
+            std::fs::create_dir_all(&node).unwrap();
+            std::fs::write(node.join("status"), &content).unwrap();
+            std::fs::write(node.join("0.status"), json.as_bytes()).unwrap();
+            let _ = scan_cache(dir.path());
+        }
+    }
 }
