@@ -19,13 +19,24 @@ use uuid::Uuid;
 /// Environment variable that marks every process of a job.
 pub const JOB_ENV: &str = "MESHROOM_SVC_JOB";
 
+/// Environment variable that marks every engine process of a worker (its data folder), so that
+/// the next worker on that folder can stop what a killed predecessor left running.
+pub const OWNER_ENV: &str = "MESHROOM_SVC_OWNER";
+
 /// Starts an engine command for a job: its own process group (so a terminal's Ctrl-C reaches the
 /// service, which then stops the job properly), the job marker, no stdin, piped output.
-pub fn spawn_engine(program: &Path, args: &[String], env: &[(&str, String)], job: Uuid) -> std::io::Result<Child> {
+pub fn spawn_engine(
+    program: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+    job: Uuid,
+    owner: &str,
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env(JOB_ENV, job.to_string())
+        .env(OWNER_ENV, owner)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,6 +56,8 @@ pub struct Supervised<'a> {
     pub env: &'a [(&'a str, String)],
     /// The job, for the process marker.
     pub job: Uuid,
+    /// The worker's owner marker (see [`OWNER_ENV`]).
+    pub owner: &'a str,
     /// stdout and stderr are appended here.
     pub log: &'a Path,
     /// SIGTERM to SIGKILL delay when the run is stopped.
@@ -84,7 +97,7 @@ pub async fn supervise(
     mut on_line: impl FnMut(&str),
     mut on_tick: impl FnMut(),
 ) -> Result<Ended, SuperviseError> {
-    let mut child = spawn_engine(cmd.program, cmd.args, cmd.env, cmd.job)
+    let mut child = spawn_engine(cmd.program, cmd.args, cmd.env, cmd.job, cmd.owner)
         .map_err(|e| SuperviseError::Spawn(cmd.program.display().to_string(), e))?;
     let root = child.id();
     let mut log = tokio::fs::OpenOptions::new()
@@ -162,7 +175,16 @@ pub async fn list_gpus() -> Vec<u32> {
 
 /// Live processes of a job: those carrying its marker, and the descendants of `root`.
 pub fn job_pids(job: Uuid, root: Option<u32>) -> Vec<i32> {
-    let marker = format!("{JOB_ENV}={job}");
+    marked_pids(&format!("{JOB_ENV}={job}"), root)
+}
+
+/// Live engine processes started by the worker on the data folder `owner`.
+pub fn owner_pids(owner: &str) -> Vec<i32> {
+    marked_pids(&format!("{OWNER_ENV}={owner}"), None)
+}
+
+/// Processes whose environment holds `marker` (`NAME=value`), and the descendants of `root`.
+fn marked_pids(marker: &str, root: Option<u32>) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut parents: HashMap<i32, i32> = HashMap::new();
     let mut found: HashSet<i32> = HashSet::new();
@@ -222,16 +244,25 @@ fn stat(pid: i32) -> Option<(char, i32)> {
 /// Stops every process of a job: SIGTERM, then SIGKILL after `grace`, repeated until none is left
 /// (new children may appear while it works). Returns how many processes were signalled.
 pub async fn kill_job_tree(job: Uuid, root: Option<u32>, grace: Duration) -> usize {
+    kill_all(&format!("job {job}"), || job_pids(job, root), grace).await
+}
+
+/// Stops every engine process a previous worker on the data folder `owner` left running.
+pub async fn kill_owned(owner: &str, grace: Duration) -> usize {
+    kill_all(&format!("worker {owner}"), || owner_pids(owner), grace).await
+}
+
+async fn kill_all(what: &str, find: impl Fn() -> Vec<i32>, grace: Duration) -> usize {
     let mut signalled: HashSet<i32> = HashSet::new();
     let started = tokio::time::Instant::now();
     loop {
-        let pids = job_pids(job, root);
+        let pids = find();
         if pids.is_empty() {
             return signalled.len();
         }
         if started.elapsed() >= grace + Duration::from_secs(30) {
             // Only a process stuck in the kernel survives SIGKILL this long; say so, do not hang.
-            log::error!("job {job}: processes {pids:?} survive SIGKILL");
+            log::error!("{what}: processes {pids:?} survive SIGKILL");
             return signalled.len();
         }
         let sig = if started.elapsed() >= grace {
@@ -258,7 +289,7 @@ mod tests {
         let job = Uuid::now_v7();
         // The parent starts a child in a new session that ignores SIGTERM, then waits.
         let script = "setsid sh -c 'trap \"\" TERM; sleep 300' & sleep 300";
-        let mut child = spawn_engine(Path::new("sh"), &["-c".into(), script.into()], &[], job).unwrap();
+        let mut child = spawn_engine(Path::new("sh"), &["-c".into(), script.into()], &[], job, "test-owner").unwrap();
         let root = child.id();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(job_pids(job, root).len() >= 3, "{:?}", job_pids(job, root));

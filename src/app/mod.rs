@@ -29,8 +29,8 @@ pub enum StartError {
     /// A pipeline preset is invalid.
     #[error(transparent)]
     Pipelines(#[from] PipelineError),
-    /// The listener could not be bound.
-    #[error("cannot listen on {0}: {1}")]
+    /// The listener could not be bound, or the data folder made.
+    #[error("cannot use {0}: {1}")]
     Bind(String, std::io::Error),
     /// A setting that is unsafe or impossible for this role.
     #[error("{0}")]
@@ -77,11 +77,18 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
     pub metrics: crate::metrics::Metrics,
+    owner: String,
 }
 
 impl App {
     /// Opens storage, presets and the queue for a role.
     pub async fn open(config: Config, gpus: Vec<u32>, role: Role) -> Result<Arc<App>, StartError> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|e| StartError::Bind(data_dir.display().to_string(), e))?;
+        let owner = std::fs::canonicalize(data_dir)
+            .unwrap_or_else(|_| data_dir.clone())
+            .display()
+            .to_string();
         let storage = match config.storage.kind {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
@@ -143,6 +150,7 @@ impl App {
             running: Default::default(),
             shutdown,
             metrics,
+            owner,
             config,
         }))
     }
@@ -150,6 +158,11 @@ impl App {
     /// Folder for a job's working files.
     pub fn work_dir(&self, id: Uuid) -> PathBuf {
         self.config.server.data_dir.join("work").join(id.to_string())
+    }
+
+    /// This worker's owner marker: its data folder, as an absolute path.
+    pub fn owner(&self) -> String {
+        self.owner.clone()
     }
 
     /// Folder for uploads in progress.

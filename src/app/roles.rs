@@ -61,7 +61,7 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running,
     if matches!(*app.queue, Queue::Local(_)) {
         app.recover().await?;
     }
-    let mut tasks = worker::start(&app);
+    let mut tasks = worker::start(&app).await;
     tasks.extend(start_common(&app));
     serve_http(app, listener, tasks)
 }
@@ -82,7 +82,7 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Run
     let listener = if ops { Some(bind(config.listen_addr())?) } else { None };
     let app = App::open(config, gpus, Role::Work).await?;
     warn_about_setup(&app);
-    let mut tasks = worker::start(&app);
+    let mut tasks = worker::start(&app).await;
     tasks.extend(start_common(&app));
     log::info!(
         "meshroom-svc work: {} slot(s), GPUs {:?}",

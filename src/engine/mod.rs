@@ -89,6 +89,8 @@ impl From<SuperviseError> for EngineError {
 pub struct Run<'a> {
     /// The job, for the process marker and logs.
     pub job: Uuid,
+    /// The worker's owner marker (its data folder).
+    pub owner: &'a str,
     /// The engine's program.
     pub binary: &'a Path,
     /// The job's working folder.

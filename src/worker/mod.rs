@@ -36,8 +36,14 @@ impl From<ErrorInfo> for Failure {
     }
 }
 
-/// Starts one task per worker slot: one per GPU, or one on CPU.
-pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
+/// Stops the engine processes that a killed predecessor on this data folder left running, then
+/// starts one task per worker slot: one per GPU, or one on CPU.
+pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
+    let stopped =
+        crate::process::kill_owned(&app.owner(), Duration::from_secs(app.config.engine.kill_grace_secs)).await;
+    if stopped > 0 {
+        log::warn!("stopped {stopped} engine process(es) left by the previous worker on this data folder");
+    }
     let slots: Vec<Option<u32>> = if app.gpus.is_empty() {
         vec![None]
     } else {

@@ -48,8 +48,10 @@ pub(super) async fn execute(
         .map_err(|e| ErrorInfo::new("invalid_param", e.to_string()))?;
     let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
     clock.enter(Stage::Reconstructing).await;
+    let owner = app.owner();
     let run = engine::Run {
         job: job.id,
+        owner: &owner,
         binary: &binary,
         dir: &dir,
         pipeline: &preset.pipeline,

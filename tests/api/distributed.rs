@@ -439,3 +439,29 @@ async fn all_in_one_runs_on_rabbitmq_and_s3_too() {
     let hooks = c.edge.wait_hooks(1, 20).await;
     assert!(signature_valid(&hooks[0]));
 }
+
+#[tokio::test]
+async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
+    let _broker = BROKER.read().await;
+    // One delivery allowed: the restarted worker dead-letters the job without running it, so only
+    // its start-up clean-up can stop the orphans.
+    let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "1")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let worker = c.work("node-a", "none").await;
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
+        .await;
+    api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
+    // Let the run settle: a batch tool killed while it still prints dies of the broken pipe.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!job_processes(&id).is_empty(), "the engine outlives a SIGKILLed worker");
+    let _restarted = c.work("node-a", "none").await;
+    assert!(
+        job_processes(&id).is_empty(),
+        "the new worker stopped them before taking jobs"
+    );
+    assert_eq!(api.wait_final(&id, 30).await["error"]["code"], "poison_job");
+}

@@ -231,6 +231,7 @@ async fn supervised(
         args,
         env: &env,
         job: run.job,
+        owner: run.owner,
         log: &log,
         grace: run.grace,
     };

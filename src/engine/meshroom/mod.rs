@@ -49,6 +49,7 @@ pub async fn run(
         args: &args,
         env: &env,
         job: run.job,
+        owner: run.owner,
         log: &log,
         grace: run.grace,
     };
@@ -101,6 +102,7 @@ mod tests {
         let config = Default::default();
         let run = Run {
             job: uuid::Uuid::now_v7(),
+            owner: "test",
             binary: Path::new("meshroom_batch"),
             dir: Path::new("/w/j"),
             pipeline: "photogrammetryDraft",
