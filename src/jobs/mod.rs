@@ -211,6 +211,9 @@ pub struct Job {
     /// The worker (`host:pid`) that took the job last.
     #[serde(default)]
     pub worker: Option<String>,
+    /// Refreshed every few seconds by the worker running the job: its lease.
+    #[serde(default)]
+    pub heartbeat_at: Option<DateTime<Utc>>,
     /// Set when a cancel was asked while processing.
     pub cancel_requested: bool,
     /// Creation time.
@@ -255,6 +258,7 @@ impl Job {
             attempts: 0,
             lost_attempts: 0,
             worker: None,
+            heartbeat_at: None,
             cancel_requested: false,
             created_at: now,
             updated_at: now,

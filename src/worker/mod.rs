@@ -83,7 +83,14 @@ enum Claim {
     },
     /// Taken too many times by workers that died: failed, and dead-lettered.
     Poison,
+    /// Running on another worker whose lease is fresh (a duplicate delivery): wait.
+    Held,
 }
+
+/// A running job's lease is refreshed this often...
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// ...and another worker takes the job over once it is this old.
+const LEASE: Duration = Duration::from_secs(15);
 
 /// Runs one delivered job to its end and says what to do with the message.
 async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
@@ -93,7 +100,9 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let max = app.config.queue.max_deliveries as u32;
-    let claimed = app.store.update(id, |j| match j.status {
+    let me = worker_name();
+    let claim = |j: &mut Job| match j.status {
+        Status::Processing if j.worker.as_ref() != Some(&me) && lease_held(j) => Claim::Held,
         Status::Enqueued | Status::Processing => {
             if j.status == Status::Processing {
                 j.lost_attempts += 1; // its last worker died without recording an outcome
@@ -112,17 +121,28 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
             j.progress = Progress::default();
             j.started_at = Some(chrono::Utc::now());
             j.attempts += 1;
-            j.worker = Some(worker_name());
+            j.worker = Some(me.clone());
+            j.heartbeat_at = Some(chrono::Utc::now());
             Claim::Run(Box::new(j.clone()))
         }
         _ => Claim::Done {
             webhook: j.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending),
         },
-    });
-    let job = match claimed.await {
+    };
+    let mut claimed = app.store.update(id, claim).await;
+    // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease
+    // to lapse (it died), without giving the message back.
+    while let Ok(Some(Claim::Held)) = claimed {
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = app.shutdown.cancelled() => return Settle::Requeue,
+        }
+        claimed = app.store.update(id, claim).await;
+    }
+    let job = match claimed {
         Ok(Some(Claim::Run(job))) => job,
         Ok(Some(Claim::Done { webhook: true })) => return queue_webhook(app, id).await,
-        Ok(Some(Claim::Done { webhook: false })) | Ok(None) => return Settle::Ack,
+        Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => return Settle::Ack,
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
             // Dead-letter once the webhook is queued; otherwise the next delivery queues it.
@@ -191,6 +211,12 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
     queue_webhook(app, id).await
 }
 
+/// True when the job's worker refreshed its lease recently.
+fn lease_held(job: &Job) -> bool {
+    let age = job.heartbeat_at.map(|t| chrono::Utc::now() - t);
+    age.is_some_and(|a| a.to_std().map_or(true, |a| a < LEASE))
+}
+
 /// `host:pid` of this process, as recorded in the jobs it takes.
 fn worker_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -208,10 +234,22 @@ async fn queue_webhook(app: &App, id: Uuid) -> Settle {
     }
 }
 
-/// Cancels the run when a cancel marker appears, whichever API replica wrote it.
+/// Cancels the run when a cancel marker appears, whichever API replica wrote it, and keeps the
+/// job's lease fresh meanwhile.
 async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
+    let mut beat = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if beat.elapsed() >= HEARTBEAT {
+            beat = tokio::time::Instant::now();
+            if let Err(e) = app
+                .store
+                .update(id, |j| j.heartbeat_at = Some(chrono::Utc::now()))
+                .await
+            {
+                log::warn!("job {id}: lease not refreshed: {e}");
+            }
+        }
         if let Ok(true) = app.store.cancel_requested(id).await {
             log::info!("job {id}: cancel requested");
             let _ = app.store.update(id, |j| j.cancel_requested = true).await;

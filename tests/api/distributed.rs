@@ -465,3 +465,55 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
     );
     assert_eq!(api.wait_final(&id, 30).await["error"]["code"], "poison_job");
 }
+
+/// Publishes a job's message again, as a duplicate from the broker would arrive.
+async fn publish_again(c: &Cluster, id: &str) {
+    use meshroom_svc::queue::amqp::{Consume, Topology};
+    let services = Services::from_env();
+    let topology = Topology {
+        prefix: c.namespace.clone(),
+        webhook_delays: vec![0, 1, 1, 1], // as the cluster's processes declare them
+        consumer_timeout: Duration::from_secs(7200),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let amqp = meshroom_svc::queue::Amqp::start(services.amqp_url, topology, Consume::default(), stop.clone());
+    for _ in 0..20 {
+        if amqp
+            .publish_job(id.parse().unwrap(), false, meshroom_svc::jobs::Priority::Normal)
+            .await
+            .is_ok()
+        {
+            stop.cancel();
+            return;
+        }
+    }
+    panic!("could not publish the duplicate");
+}
+
+#[tokio::test]
+async fn a_job_delivered_twice_runs_once() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
+    let api = serve.api();
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))]}))
+        .await;
+    api.wait_for(&id, 30, |j| j["stage"] == "reconstructing").await;
+    publish_again(&c, &id).await; // while it runs on one worker: the other must not run it too
+    let job = api.wait_final(&id, 90).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    publish_again(&c, &id).await; // after it ended
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = invocations(c.dir.path())
+        .iter()
+        .filter(|r| r["job"] == id.as_str())
+        .count();
+    assert_eq!(runs, 1, "the engine ran once");
+    let after = api.job(&id).await;
+    assert_eq!(after["attempts"], 1);
+    assert_eq!(after["results"], job["results"], "stored results unchanged");
+    assert_eq!(after["finished_at"], job["finished_at"]);
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+}
