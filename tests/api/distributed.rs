@@ -517,3 +517,47 @@ async fn a_job_delivered_twice_runs_once() {
     assert_eq!(after["finished_at"], job["finished_at"]);
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
 }
+
+#[tokio::test]
+async fn forced_disconnects_give_quick_503s_and_lose_nothing() {
+    let _broker = BROKER.write().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let _worker = c.work("work", "none").await;
+    let api = serve.api();
+    let url = c.edge.add("p.jpg", photo(0));
+    let closer = tokio::task::spawn_blocking(|| {
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["close_all_connections", "closed by the test"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    });
+    let (mut accepted, mut slowest) = (Vec::new(), Duration::ZERO);
+    for _ in 0..30 {
+        let started = Instant::now();
+        let resp = api.post_json("/api/v1/jobs", &json!({"image_urls": [url]})).await;
+        slowest = slowest.max(started.elapsed());
+        match resp.status().as_u16() {
+            202 => accepted.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            503 => {}
+            other => panic!("the API answered {other} while connections were closed"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closer.await.unwrap();
+    assert!(slowest < Duration::from_secs(5), "an answer took {slowest:?}");
+    let back = Instant::now();
+    for id in &accepted {
+        assert_eq!(api.wait_final(id, 60).await["status"], "succeeded", "{id}");
+    }
+    eprintln!(
+        "forced disconnects: {} accepted, all done {:?} later; slowest answer {slowest:?}",
+        accepted.len(),
+        back.elapsed()
+    );
+}

@@ -256,6 +256,7 @@ pub struct Edge {
     hooks: Arc<Mutex<Vec<Hook>>>,
     statuses: Arc<Mutex<VecDeque<u16>>>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    hanging: Arc<Mutex<u32>>,
     pub requests: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -281,6 +282,11 @@ impl Edge {
     pub fn add(&self, name: &str, bytes: Vec<u8>) -> String {
         self.files.lock().unwrap().insert(name.into(), bytes);
         format!("{}/files/{name}", self.base)
+    }
+
+    /// The next `n` webhooks get no answer for a minute.
+    pub fn hang_hooks(&self, n: u32) {
+        *self.hanging.lock().unwrap() = n;
     }
 
     /// The next `n` requests for `name` get a 503.
@@ -337,6 +343,15 @@ async fn receive_hook(edge: web::Data<Edge>, req: HttpRequest, body: web::Bytes)
         headers,
         body: body.to_vec(),
     });
+    let hang = {
+        let mut left = edge.hanging.lock().unwrap();
+        let hang = *left > 0;
+        *left = left.saturating_sub(1);
+        hang
+    };
+    if hang {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     let status = edge.statuses.lock().unwrap().pop_front().unwrap_or(200);
     let mut resp = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
     if status == 302 {

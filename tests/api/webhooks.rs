@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 async fn signed_and_retried_until_delivered_with_one_id() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
-    edge.answer_hooks_with(&[503, 503]);
+    edge.answer_hooks_with(&[503, 503, 503]);
     let body =
         json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url(), "metadata": {"k": 1}});
     let id = app.submit(body).await;
-    let hooks = edge.wait_hooks(3, 20).await;
-    assert_eq!(hooks.len(), 3);
+    let hooks = edge.wait_hooks(4, 20).await;
+    assert_eq!(hooks.len(), 4, "three 503s, then 200");
     let webhook_id = &hooks[0].headers["webhook-id"];
     for h in &hooks {
         assert_eq!(&h.headers["webhook-id"], webhook_id, "one id across retries");
@@ -31,7 +31,7 @@ async fn signed_and_retried_until_delivered_with_one_id() {
         .iter()
         .map(|a| a["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(statuses, [503, 503, 200]);
+    assert_eq!(statuses, [503, 503, 503, 200]);
     assert!(job["webhook"]["next_attempt_at"].is_null());
 }
 
@@ -72,4 +72,24 @@ async fn an_unreachable_receiver_is_retried_then_given_up() {
     let attempts = job["webhook"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4);
     assert!(attempts.iter().all(|a| a["status"].is_null() && a["error"].is_string()));
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_times_out_and_is_retried() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    edge.hang_hooks(2);
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()});
+    let id = app.submit(body).await;
+    // webhook.timeout_secs is 2 in the tests: two attempts time out, the third is answered.
+    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "delivered").await;
+    let attempts = job["webhook"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{job:#}");
+    assert!(
+        attempts[..2]
+            .iter()
+            .all(|a| a["error"] == "timed out" && a["status"].is_null()),
+        "{job:#}"
+    );
+    assert_eq!(attempts[2]["status"], 200);
 }
