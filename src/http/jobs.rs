@@ -1,6 +1,6 @@
 //! Job routes: read, list, cancel, retry, delete, result files and the engine log.
 
-use super::ApiError;
+use super::{submit, ApiError};
 use crate::app::App;
 use crate::jobs::{Job, Status};
 use crate::{engine, worker};
@@ -11,13 +11,22 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/jobs", web::get().to(list))
-        .route("/jobs/{id}", web::get().to(get))
-        .route("/jobs/{id}", web::delete().to(delete))
-        .route("/jobs/{id}/cancel", web::post().to(cancel))
-        .route("/jobs/{id}/retry", web::post().to(retry))
-        .route("/jobs/{id}/log", web::get().to(log_tail))
-        .route("/jobs/{id}/files/{name:.+}", web::get().to(file));
+    use super::resource;
+    cfg.service(
+        resource("/jobs", "GET, POST")
+            .route(web::get().to(list))
+            .route(web::post().to(submit::submit)),
+    )
+    .service(resource("/reconstruct", "POST").route(web::post().to(submit::submit)))
+    .service(
+        resource("/jobs/{id}", "GET, DELETE")
+            .route(web::get().to(get))
+            .route(web::delete().to(delete)),
+    )
+    .service(resource("/jobs/{id}/cancel", "POST").route(web::post().to(cancel)))
+    .service(resource("/jobs/{id}/retry", "POST").route(web::post().to(retry)))
+    .service(resource("/jobs/{id}/log", "GET").route(web::get().to(log_tail)))
+    .service(resource("/jobs/{id}/files/{name:.+}", "GET").route(web::get().to(file)));
 }
 
 async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
@@ -35,10 +44,12 @@ pub(super) async fn get(app: web::Data<App>, id: web::Path<String>) -> Result<Ht
 /// `GET /jobs` query.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
     /// Only jobs with this status.
     status: Option<Status>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,

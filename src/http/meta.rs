@@ -7,10 +7,11 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(root))
-        .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/metrics", web::get().to(metrics));
+    use super::resource;
+    cfg.service(resource("/", "GET").route(web::get().to(root)))
+        .service(resource("/health", "GET").route(web::get().to(health)))
+        .service(resource("/ready", "GET").route(web::get().to(ready)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics)));
 }
 
 #[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "The process is alive")))]

@@ -109,12 +109,9 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
             )
             .configure(meta::configure)
             .service(
-                web::scope("/api/v1").configure(openapi::configure).service(
-                    web::scope("")
-                        .wrap(from_fn(require_api_key))
-                        .configure(submit::configure)
-                        .configure(jobs::configure),
-                ),
+                web::scope("/api/v1")
+                    .configure(openapi::configure)
+                    .service(web::scope("").wrap(from_fn(require_api_key)).configure(jobs::configure)),
             )
             .default_service(web::to(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
@@ -147,6 +144,24 @@ pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix
     .shutdown_timeout(5)
     .run();
     Ok(server)
+}
+
+/// A route taking the methods in `allow` (e.g. `"GET, POST"`); others answer 405 with the error
+/// shape and an `Allow` header.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this route takes {allow}"),
+        )
+        .error_response();
+        resp.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        resp
+    }))
 }
 
 /// Rejects requests without a configured `X-API-Key` (when any key is configured).

@@ -34,8 +34,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
 }
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/openapi.json",
-        web::get().to(|| async { HttpResponse::Ok().json(document()) }),
+    cfg.service(
+        super::resource("/openapi.json", "GET").route(web::get().to(|| async { HttpResponse::Ok().json(document()) })),
     );
 }

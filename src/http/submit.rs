@@ -14,18 +14,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use utoipa::ToSchema;
 
-pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/jobs", web::post().to(submit))
-        .route("/reconstruct", web::post().to(submit));
-}
-
 /// A job request. In multipart form, the same fields are parts of the same names (`metadata` and
 /// `params` as JSON text; `image_urls` may repeat) and the files are parts named `images`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// http(s) URLs of JPEG, PNG or TIFF images.
-    #[serde(default)]
+    /// http(s) URLs of JPEG, PNG or TIFF images (public addresses, see `security.allowed_networks`).
+    #[schema(min_items = 1, max_items = 500)]
     pub image_urls: Vec<String>,
     /// Where the signed webhook goes when the job ends.
     pub callback_url: Option<String>,
@@ -37,6 +32,7 @@ pub struct SubmitRequest {
     #[serde(default)]
     pub params: BTreeMap<String, serde_json::Value>,
     /// Engine time limit in seconds (at most `engine.timeout_secs`).
+    #[schema(minimum = 1)]
     pub timeout_secs: Option<u64>,
     /// `normal` (default) or `high`: high-priority jobs are taken first.
     pub priority: Option<crate::jobs::Priority>,

@@ -15,7 +15,8 @@ async fn json_submits_are_checked() {
     let app = spawn_app_with(|c| c.limits.max_images = 2, vec![]).await;
     let ok = "http://127.0.0.1:1/a.jpg";
     let cases = [
-        (json!({}), 400, "no_images"),
+        (json!({}), 400, "invalid_json"),
+        (json!({"image_urls": []}), 400, "no_images"),
         (json!({"image_urls": ["ftp://x/a.jpg"]}), 400, "invalid_image_url"),
         (json!({"image_urls": ["file:///etc/passwd"]}), 400, "invalid_image_url"),
         (json!({"image_urls": ["not a url"]}), 400, "invalid_image_url"),
