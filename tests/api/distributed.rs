@@ -293,6 +293,8 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
     let hooks = c.edge.wait_hooks(1, 20).await;
     let event: Value = serde_json::from_slice(&hooks[0].body).unwrap();
     assert_eq!(event["event"], "job.failed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.edge.hooks().len(), 1, "one failure webhook");
 }
 
 #[tokio::test]
