@@ -160,6 +160,9 @@ impl Config {
         if !(1..=604_800).contains(&self.storage.presign_expiry_secs) {
             problems.push("storage.presign_expiry_secs: must be 1 to 604800 (7 days, the S3 maximum)".into());
         }
+        if self.queue.lease_secs < 6 {
+            problems.push("queue.lease_secs: must be at least 6 (the lease is refreshed every 3 s)".into());
+        }
         if self.queue.max_deliveries == 0 {
             problems.push("queue.max_deliveries: must be greater than 0".into());
         }

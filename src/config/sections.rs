@@ -111,6 +111,8 @@ pub struct QueueConfig {
     pub max_deliveries: u64,
     /// The broker's node-wide `consumer_timeout` (RabbitMQ before 3.12 has no per-queue value).
     pub broker_consumer_timeout_secs: u64,
+    /// A running job's lease: another worker takes over a job whose worker fell silent this long.
+    pub lease_secs: u64,
 }
 
 /// Storage backends.
@@ -150,6 +152,7 @@ impl Default for QueueConfig {
             name: "meshroom".into(),
             max_deliveries: 3,
             broker_consumer_timeout_secs: 1800,
+            lease_secs: 15,
         }
     }
 }

@@ -87,10 +87,9 @@ enum Claim {
     Held,
 }
 
-/// A running job's lease is refreshed this often...
+/// A running job's lease is refreshed this often; another worker takes the job over once the
+/// lease is `queue.lease_secs` old.
 const HEARTBEAT: Duration = Duration::from_secs(3);
-/// ...and another worker takes the job over once it is this old.
-const LEASE: Duration = Duration::from_secs(15);
 
 /// Runs one delivered job to its end and says what to do with the message.
 async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
@@ -101,8 +100,9 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
     }
     let max = app.config.queue.max_deliveries as u32;
     let me = worker_name();
+    let lease = Duration::from_secs(app.config.queue.lease_secs);
     let claim = |j: &mut Job| match j.status {
-        Status::Processing if j.worker.as_ref() != Some(&me) && lease_held(j) => Claim::Held,
+        Status::Processing if j.worker.as_ref() != Some(&me) && lease_held(j, lease) => Claim::Held,
         Status::Enqueued | Status::Processing => {
             if j.status == Status::Processing {
                 j.lost_attempts += 1; // its last worker died without recording an outcome
@@ -212,9 +212,9 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
 }
 
 /// True when the job's worker refreshed its lease recently.
-fn lease_held(job: &Job) -> bool {
+fn lease_held(job: &Job, lease: Duration) -> bool {
     let age = job.heartbeat_at.map(|t| chrono::Utc::now() - t);
-    age.is_some_and(|a| a.to_std().map_or(true, |a| a < LEASE))
+    age.is_some_and(|a| a.to_std().map_or(true, |a| a < lease))
 }
 
 /// `host:pid` of this process, as recorded in the jobs it takes.

@@ -563,3 +563,64 @@ async fn forced_disconnects_give_quick_503s_and_lose_nothing() {
         back.elapsed()
     );
 }
+
+#[tokio::test]
+async fn jobs_survive_workers_killed_at_random() {
+    let _broker = BROKER.read().await;
+    // Jobs of about 5 s; a job may be hit several times, so no poison limit here.
+    let extra = [
+        ("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "50"),
+        ("FAKE_MESHROOM_NODE_SECONDS", "0.5"),
+    ];
+    let c = Cluster::new(&extra).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let mut workers = vec![Some(c.work("w0", "none").await), Some(c.work("w1", "none").await)];
+    let url = c.edge.add("p.jpg", photo(0));
+    let body = json!({"image_urls": [url], "callback_url": c.edge.hook_url()});
+    let ids: Vec<String> = futures_util::future::join_all((0..20).map(|_| api.submit(body.clone()))).await;
+
+    // Ten SIGKILLs at pseudo-random moments (fixed seed), each worker restarted on its folder.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1500 + next() % 3500)).await;
+        let i = (next() % 2) as usize;
+        workers[i].take().unwrap().kill();
+        workers[i] = Some(c.work(&format!("w{i}"), "none").await);
+    }
+    let mut attempts = 0;
+    for id in &ids {
+        let job = api.wait_final(id, 300).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(job["results"].as_array().unwrap().len(), 3, "one result set");
+        attempts += job["attempts"].as_u64().unwrap();
+    }
+    // One job.succeeded webhook id per job (a retry of a delivery keeps its id).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut ids_by_job: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    for hook in c.edge.hooks() {
+        let event: Value = serde_json::from_slice(&hook.body).unwrap();
+        assert_eq!(event["event"], "job.succeeded");
+        let job = event["id"].as_str().unwrap().to_string();
+        ids_by_job
+            .entry(job)
+            .or_default()
+            .insert(hook.headers["webhook-id"].clone());
+    }
+    for id in &ids {
+        assert_eq!(
+            ids_by_job.get(id).map(|s| s.len()),
+            Some(1),
+            "job {id}: webhook ids {:?}",
+            ids_by_job.get(id)
+        );
+    }
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0), "queue empty at the end");
+    eprintln!("random kills: 20 of 20 succeeded after 10 SIGKILLs, {attempts} attempts in all");
+}
