@@ -54,6 +54,15 @@ impl Cluster {
         .await
     }
 
+    /// The queues of this namespace, deleted when the test ends: the broker is shared, and must
+    /// not pile up queues from run to run.
+    fn queue_names(&self) -> Vec<String> {
+        ["jobs.gpu", "jobs.cpu", "dead", "webhooks", "webhooks.wait.1"]
+            .iter()
+            .map(|q| format!("{}.{q}", self.namespace))
+            .collect()
+    }
+
     /// Ready and unacknowledged messages of one of this cluster's queues.
     fn queue_counts(&self, suffix: &str) -> (u64, u64) {
         let out = std::process::Command::new("rabbitmqctl")
@@ -75,6 +84,18 @@ impl Cluster {
                 (f.first() == Some(&name.as_str())).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
             })
             .unwrap_or_else(|| panic!("queue {name} not found"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for name in self.queue_names() {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", &name])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -623,4 +644,57 @@ async fn jobs_survive_workers_killed_at_random() {
     }
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0), "queue empty at the end");
     eprintln!("random kills: 20 of 20 succeeded after 10 SIGKILLs, {attempts} attempts in all");
+}
+
+/// Kills the RabbitMQ node with SIGKILL and starts it again, as a crash would.
+fn crash_and_restart_broker() {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(sh("pkill -9 -x beam.smp"), "no RabbitMQ node to kill");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(sh("rabbitmq-server -detached >/dev/null 2>&1"));
+    assert!(sh("for i in $(seq 1 60); do rabbitmqctl await_startup --timeout 10 >/dev/null 2>&1 && exit 0; sleep 2; done; exit 1"));
+    assert!(sh(
+        "rabbitmqctl eval 'application:set_env(rabbit, consumer_timeout, 36000000).' >/dev/null"
+    ));
+}
+
+#[tokio::test]
+async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
+    use futures_util::StreamExt;
+    let _broker = BROKER.write().await;
+    let c = Cluster::new(&[("FAKE_MESHROOM_MODE", "instant")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let url = c.edge.add("p.png", tiny_png());
+    let ids: Vec<String> = futures_util::stream::iter(0..1000)
+        .map(|_| api.submit(json!({"image_urls": [url]})))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(ids.len(), 1000, "1,000 jobs accepted with 202");
+    assert_eq!(c.queue_counts("jobs.cpu").0, 1000);
+
+    tokio::task::spawn_blocking(crash_and_restart_broker).await.unwrap();
+    assert_eq!(c.queue_counts("jobs.cpu").0, 1000, "every accepted job is still queued");
+
+    let started = Instant::now();
+    let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
+    let mut attempts = 0;
+    for id in &ids {
+        let job = api.wait_final(id, 600).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        attempts += job["attempts"].as_u64().unwrap();
+    }
+    assert_eq!(attempts, 1000, "one outcome per job");
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+    eprintln!(
+        "broker SIGKILL: 1000 of 1000 accepted jobs completed, in {:?} after the restart",
+        started.elapsed()
+    );
 }
