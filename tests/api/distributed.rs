@@ -596,7 +596,7 @@ async fn jobs_survive_workers_killed_at_random() {
     let c = Cluster::new(&extra).await;
     let serve = c.serve("serve").await;
     let api = serve.api();
-    let mut workers = vec![Some(c.work("w0", "none").await), Some(c.work("w1", "none").await)];
+    let mut workers = [Some(c.work("w0", "none").await), Some(c.work("w1", "none").await)];
     let url = c.edge.add("p.jpg", photo(0));
     let body = json!({"image_urls": [url], "callback_url": c.edge.hook_url()});
     let ids: Vec<String> = futures_util::future::join_all((0..20).map(|_| api.submit(body.clone()))).await;
