@@ -73,6 +73,18 @@ impl LocalStorage {
         Ok(size)
     }
 
+    pub(super) async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
+        let path = self.path(key)?;
+        create_parent(&path).await.map_err(io(key))?;
+        let tmp = Self::temp_beside(&path);
+        // A hard link costs nothing; fall back to a copy across filesystems.
+        if tokio::fs::hard_link(src, &tmp).await.is_err() {
+            tokio::fs::copy(src, &tmp).await.map_err(io(key))?;
+        }
+        tokio::fs::rename(&tmp, &path).await.map_err(io(key))?;
+        Ok(tokio::fs::metadata(&path).await.map_err(io(key))?.len())
+    }
+
     pub(super) async fn fetch_to_file(&self, key: &str, dest: &Path) -> Result<u64, StorageError> {
         let src = self.path(key)?;
         let _ = tokio::fs::remove_file(dest).await;

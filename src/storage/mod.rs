@@ -75,6 +75,15 @@ impl Storage {
         }
     }
 
+    /// Copies a local file into storage under `key`, streaming it, and keeps the source; returns
+    /// its size.
+    pub async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
+        match self {
+            Storage::Local(s) => s.copy_file(key, src).await,
+            Storage::S3(s) => s.upload(key, src).await,
+        }
+    }
+
     /// Copies an object to a local file, streaming it; returns its size.
     pub async fn fetch_to_file(&self, key: &str, dest: &Path) -> Result<u64, StorageError> {
         match self {

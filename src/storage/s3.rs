@@ -102,6 +102,15 @@ impl S3Storage {
     }
 
     pub(super) async fn store_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
+        let size = self.upload(key, src).await?;
+        tokio::fs::remove_file(src).await.map_err(|e| StorageError::Io {
+            key: key.into(),
+            source: e,
+        })?;
+        Ok(size)
+    }
+
+    pub(super) async fn upload(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         let io = |e: std::io::Error| StorageError::Io {
             key: key.into(),
             source: e,
@@ -114,7 +123,6 @@ impl S3Storage {
             .execute_stream(&mut file)
             .await
             .map_err(|e| Self::fail(key, e))?;
-        tokio::fs::remove_file(src).await.map_err(io)?;
         Ok(size)
     }
 

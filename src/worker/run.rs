@@ -153,7 +153,8 @@ async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultF
     let mut results = Vec::new();
     for (name, path) in files {
         let key = Job::key(id, &format!("results/{name}"));
-        let size = (|| app.storage.store_file(&key, &path))
+        // Copied, not moved: if this attempt dies half-way, the next one still has every file.
+        let size = (|| app.storage.copy_file(&key, &path))
             .retry(download::backoff(app))
             .notify(|e, wait| log::warn!("job {id}: result {name} not stored ({e}); retry in {wait:?}"))
             .await

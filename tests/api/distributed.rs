@@ -698,3 +698,77 @@ async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_files() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let mut garage = PrivateGarage::start(&c.dir.path().join("garage")).await;
+    let mut env = c.env.clone();
+    for (k, v) in [
+        ("MESHROOM_SVC_STORAGE_ENDPOINT", garage.endpoint()),
+        ("MESHROOM_SVC_STORAGE_BUCKET", "private".to_string()),
+        ("AWS_ACCESS_KEY_ID", garage.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret_key.clone()),
+    ] {
+        env.push((k.to_string(), v));
+    }
+    let start = |name: &str, args: Vec<String>, port| {
+        let (dir, env) = (c.dir.path().to_path_buf(), env.clone());
+        let data = dir.join(name).display().to_string();
+        async move {
+            let mut all: Vec<String> = args;
+            all.extend(["--data-dir".into(), data]);
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            Proc::start(&dir, &args, port, &env).await
+        }
+    };
+    let serve = start("serve", vec!["serve".into()], Some(free_port())).await;
+    let _worker = start(
+        "work",
+        vec!["work".into(), "--gpu".into(), "none".into()],
+        Some(free_port()),
+    )
+    .await;
+    let api = serve.api();
+    let mib = 200;
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add(&format!("fake-big{mib}.jpg"), photo(0))]}))
+        .await;
+    api.wait_for(&id, 60, |j| j["stage"] == "uploading").await;
+    garage.crash();
+    // Meanwhile the API answers 503, never 500.
+    let during = api.get(&format!("/api/v1/jobs/{id}")).await.status().as_u16();
+    assert_eq!(during, 503);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    garage.resume().await;
+    let mut job = Value::Null;
+    for _ in 0..1200 {
+        let resp = api.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_ne!(resp.status().as_u16(), 500, "503 while storage is down, never 500");
+        if resp.status() == 200 {
+            job = resp.json().await.unwrap();
+            if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match job["status"].as_str() {
+        Some("succeeded") => {
+            // Every listed file is really there, whole.
+            for r in job["results"].as_array().unwrap() {
+                let resp = api.get(r["url"].as_str().unwrap()).await;
+                assert_eq!(resp.status(), 200, "{r}");
+                assert_eq!(resp.content_length(), r["size"].as_u64(), "{r}");
+            }
+            assert_eq!(result(&job, "dense.ply")["size"].as_u64(), Some(mib << 20));
+        }
+        Some("failed") => assert_eq!(job["error"]["code"], "storage_error", "{job:#}"),
+        _ => panic!("the job did not end: {job:#}"),
+    }
+    eprintln!(
+        "S3 stopped mid-upload: job {} after {} attempt(s)",
+        job["status"], job["attempts"]
+    );
+}

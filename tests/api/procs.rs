@@ -180,3 +180,89 @@ impl Services {
 pub fn namespace() -> String {
     format!("t{}", uuid::Uuid::now_v7().simple())
 }
+
+/// A Garage S3 server of one test's own, to stop and start without disturbing the shared one.
+pub struct PrivateGarage {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<Child>,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl PrivateGarage {
+    /// Starts a single node on free ports, with a key and the bucket `private`.
+    pub async fn start(dir: &Path) -> PrivateGarage {
+        let (port, rpc) = (free_port(), free_port());
+        std::fs::create_dir_all(dir).unwrap();
+        let secret: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 37 + port as usize) % 256))
+            .collect();
+        std::fs::write(
+            dir.join("garage.toml"),
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{port}\"\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut g = PrivateGarage {
+            dir: dir.to_path_buf(),
+            port,
+            child: None,
+            access_key: format!("GK{}", &secret[..24]),
+            secret_key: secret.chars().rev().collect(),
+        };
+        g.resume().await;
+        g
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again), on the same data.
+    pub async fn resume(&mut self) {
+        let garage = std::env::var("HOME")
+            .map(|h| format!("{h}/.cargo/bin/garage"))
+            .unwrap_or_default();
+        assert!(
+            Path::new(&garage).exists(),
+            "Garage is missing: run scripts/test, which builds it"
+        );
+        let child = Command::new(garage)
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_CONFIG_FILE", self.dir.join("garage.toml"))
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key)
+            .env("GARAGE_DEFAULT_BUCKET", "private")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the private Garage did not start");
+    }
+}
+
+impl Drop for PrivateGarage {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}

@@ -43,6 +43,16 @@ pub async fn run(
     process::kill_job_tree(run.job, None, run.grace).await;
     tokio::fs::create_dir_all(run.output_dir()).await?;
     let resume = tokio::fs::try_exists(run.dir.join("project.mg")).await.unwrap_or(false);
+    let cache_state = progress::scan_cache(&run.dir.join("MeshroomCache"));
+    if resume && has_mesh(&run.output_dir()) && cache_state.succeeded > 0 && cache_state.unfinished == 0 {
+        // The previous attempt published its model, then died storing it: every node is done
+        // (meshroom_batch would exit 1, "nothing to compute"). Its outputs are complete.
+        log::info!(
+            "job {}: the previous attempt's outputs are complete; not running the engine again",
+            run.job
+        );
+        return Ok(());
+    }
     let (args, env, log) = (args(run, resume), run.env(), run.log_path());
     let cmd = Supervised {
         program: run.binary,

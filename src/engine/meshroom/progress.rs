@@ -126,6 +126,8 @@ pub struct CacheState {
     pub succeeded: u32,
     /// Names of nodes with a chunk in ERROR.
     pub failed: Vec<String>,
+    /// Nodes with a status file that is not SUCCESS (running, submitted, stopped, error...).
+    pub unfinished: u32,
 }
 
 /// Scans `<cache>/<NodeType>/<uid>/status` and `<i>.status` files.
@@ -149,6 +151,8 @@ pub fn scan_cache(cache: &Path) -> CacheState {
         }
         if !statuses.is_empty() && statuses.iter().all(|(s, _)| s == "SUCCESS") {
             state.succeeded += 1;
+        } else if !statuses.is_empty() {
+            state.unfinished += 1;
         }
         if let Some((_, node)) = statuses.iter().find(|(s, _)| s == "ERROR") {
             state.failed.push(node.clone());
@@ -242,7 +246,8 @@ mod tests {
             s,
             CacheState {
                 succeeded: 1,
-                failed: vec!["DepthMap_1".into()]
+                failed: vec!["DepthMap_1".into()],
+                unfinished: 1
             }
         );
     }
