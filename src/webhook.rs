@@ -186,6 +186,18 @@ impl Webhooks {
                 return Ok(Some(wait)); // not due yet (early delivery, or a restart)
             }
         }
+        // An endpoint that answered 410 Gone gets nothing more, from any job.
+        if store.endpoint_gone(&url).await? {
+            store
+                .update(id, |j| {
+                    if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
+                        w.state = DeliveryState::Gone;
+                        w.next_attempt_at = None;
+                    }
+                })
+                .await?;
+            return Ok(None);
+        }
         let (attempt, retry_after) = match reqwest::Url::parse(&url).map_err(|_| egress::Blocked::Host) {
             // An address the policy refuses is refused for good: no attempt, no retry.
             Ok(u) => match self.egress.check(&u) {
@@ -210,6 +222,9 @@ impl Webhooks {
         };
         let blocked = attempt.error.as_deref().is_some_and(|e| e.starts_with(BLOCKED));
         let done = d.attempts.len() + 1;
+        if attempt.status == Some(410) {
+            store.mark_endpoint_gone(&url).await?;
+        }
         let state = match attempt.status {
             Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
             Some(410) => DeliveryState::Gone,

@@ -5,6 +5,7 @@
 //! - `index/{inverted id}`: one empty object per job; ids are UUIDv7, so ascending inverted ids
 //!   list newest first, as S3 can only list in ascending order.
 //! - `idempotency/{sha256 of key}`: the id of the job submitted with that `Idempotency-Key`.
+//! - `webhooks/gone/{sha256 of URL}`: a webhook endpoint that answered 410 Gone.
 
 use super::{Job, Status};
 use crate::storage::{Storage, StorageError};
@@ -48,6 +49,10 @@ fn index_id(name: &str) -> Option<Uuid> {
     u128::from_str_radix(name, 16)
         .ok()
         .map(|inv| Uuid::from_u128(u128::MAX - inv))
+}
+
+fn gone_key(url: &str) -> String {
+    format!("webhooks/gone/{:x}", Sha256::digest(url.as_bytes()))
 }
 
 fn idempotency_key(key: &str) -> String {
@@ -181,6 +186,16 @@ impl Store {
         }
         self.storage.delete_prefix(&Job::key(id, "")).await?;
         Ok(())
+    }
+
+    /// Records that a webhook endpoint answered 410 Gone.
+    pub async fn mark_endpoint_gone(&self, url: &str) -> Result<(), StoreError> {
+        Ok(self.storage.put_bytes(&gone_key(url), url.as_bytes()).await?)
+    }
+
+    /// True when a webhook endpoint answered 410 Gone before.
+    pub async fn endpoint_gone(&self, url: &str) -> Result<bool, StoreError> {
+        Ok(self.storage.exists(&gone_key(url)).await?)
     }
 
     /// Leaves a cancel marker for whichever worker runs the job.

@@ -57,10 +57,17 @@ impl Cluster {
     /// The queues of this namespace, deleted when the test ends: the broker is shared, and must
     /// not pile up queues from run to run.
     fn queue_names(&self) -> Vec<String> {
-        ["jobs.gpu", "jobs.cpu", "dead", "webhooks", "webhooks.wait.1"]
-            .iter()
-            .map(|q| format!("{}.{q}", self.namespace))
-            .collect()
+        [
+            "jobs.gpu",
+            "jobs.cpu",
+            "dead",
+            "webhooks",
+            "webhooks.wait.1",
+            "webhooks.wait.4",
+        ]
+        .iter()
+        .map(|q| format!("{}.{q}", self.namespace))
+        .collect()
     }
 
     /// Ready and unacknowledged messages of one of this cluster's queues.
@@ -771,4 +778,33 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
         "S3 stopped mid-upload: job {} after {} attempt(s)",
         job["status"], job["attempts"]
     );
+}
+
+#[tokio::test]
+async fn a_pending_webhook_outlives_every_process() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,4")]).await;
+    c.edge.answer_hooks_with(&[503]);
+    let serve = c.serve("serve").await;
+    let worker = c.work("work", "none").await;
+    let body = json!({"image_urls": [c.edge.add("p.jpg", photo(0))], "callback_url": c.edge.hook_url()});
+    let id = serve.api().submit(body).await;
+    c.edge.wait_hooks(1, 30).await;
+    serve
+        .api()
+        .wait_for(&id, 10, |j| {
+            j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    // Every process dies between the attempts; the next attempt waits in RabbitMQ.
+    worker.kill();
+    serve.kill();
+    let serve = c.serve("serve-2").await;
+    let hooks = c.edge.wait_hooks(2, 30).await;
+    assert_eq!(hooks[0].headers["webhook-id"], hooks[1].headers["webhook-id"]);
+    assert!(signature_valid(&hooks[1]));
+    serve
+        .api()
+        .wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered")
+        .await;
 }

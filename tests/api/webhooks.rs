@@ -47,10 +47,18 @@ async fn gone_stops_and_redirects_are_not_followed() {
     let job = app.wait_for(&id, 20, |j| j["webhook"]["state"] == "gone").await;
     assert_eq!(job["webhook"]["event"], "job.failed");
     assert_eq!(job["webhook"]["attempts"].as_array().unwrap().len(), 1);
+    // The endpoint said it is gone: a later job sends it nothing.
+    let later = app
+        .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
+        .await;
+    let job = app.wait_for(&later, 20, |j| j["webhook"]["state"] == "gone").await;
+    assert!(job["webhook"]["attempts"].as_array().unwrap().is_empty(), "{job:#}");
+    assert_eq!(edge.hooks().len(), 1);
 
     edge.answer_hooks_with(&[302, 302, 302, 302]);
+    let other_endpoint = format!("{}?tenant=2", edge.hook_url());
     let id = app
-        .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
+        .submit(json!({"image_urls": [url], "callback_url": other_endpoint}))
         .await;
     let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
     let attempts = job["webhook"]["attempts"].as_array().unwrap();
