@@ -385,6 +385,28 @@ async fn a_broker_restart_under_load_loses_no_accepted_job() {
     }
     restart.await.unwrap();
     assert!(refused > 0, "the broker was down for part of the run");
+    // The worker consumes again soon after the broker is back.
+    let back = Instant::now();
+    let probe = loop {
+        let resp = api
+            .post_json("/api/v1/jobs", &json!({"image_urls": [url], "priority": "high"}))
+            .await;
+        if resp.status() == 202 {
+            break resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the API refused jobs for 30 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    api.wait_for(&probe, 30, |j| j["status"] != "enqueued").await;
+    let resumed = back.elapsed();
+    assert!(
+        resumed < Duration::from_secs(30),
+        "the worker took {resumed:?} to consume again"
+    );
+    eprintln!("broker restart: the worker took a job {resumed:?} after the broker was back");
     for id in &accepted {
         let job = api.wait_final(id, 90).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
@@ -392,7 +414,7 @@ async fn a_broker_restart_under_load_loses_no_accepted_job() {
     let page: Value = api.get("/api/v1/jobs?limit=100").await.json().await.unwrap();
     assert_eq!(
         page["jobs"].as_array().unwrap().len(),
-        accepted.len(),
+        accepted.len() + 1, // and the probe
         "refused submits leave no job"
     );
     eprintln!(

@@ -17,6 +17,17 @@ impl Proc {
     /// Starts `meshroom-svc ARGS` with the test engine and settings from `env`; for roles that
     /// serve HTTP (`port` given), waits until `/health` answers.
     pub async fn start(dir: &Path, args: &[&str], port: Option<u16>, env: &[(String, String)]) -> Proc {
+        Self::start_logged(dir, args, port, env, None).await
+    }
+
+    /// As `start`, with stdout and stderr written to `log`.
+    pub async fn start_logged(
+        dir: &Path,
+        args: &[&str],
+        port: Option<u16>,
+        env: &[(String, String)],
+        log: Option<&Path>,
+    ) -> Proc {
         // test_config writes the engine wrapper; the process gets the same settings from the environment.
         let config = test_config(dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshroom-svc"));
@@ -35,6 +46,10 @@ impl Proc {
             .stdin(Stdio::null());
         if let Some(port) = port {
             cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+        }
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).unwrap();
+            cmd.stdout(file.try_clone().unwrap()).stderr(file);
         }
         let mut proc = Proc {
             child: cmd.spawn().unwrap(),
