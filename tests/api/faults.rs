@@ -1,0 +1,419 @@
+//! Faults under load, with real processes, RabbitMQ and Garage: crashes of workers, the broker and
+//! storage, forced disconnects, duplicate and poison deliveries. Each test states its figure.
+
+use crate::cluster::*;
+use crate::helpers::*;
+use crate::procs::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "2")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let body = json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))], "callback_url": c.edge.hook_url()});
+    let id = api.submit(body).await;
+    // The worker dies on this job every time.
+    for round in 1..=2 {
+        let worker = c.work(&format!("w{round}"), "none").await;
+        // Killed while its engine runs.
+        let mine = |j: &Value| pid_of(j) == Some(worker.pid()) && j["stage"] == "reconstructing";
+        api.wait_for(&id, 30, mine).await;
+        let runs = || {
+            invocations(c.dir.path())
+                .iter()
+                .filter(|r| r["job"] == id.as_str())
+                .count()
+        };
+        api.wait_for(&id, 30, |_| runs() == round).await;
+        worker.kill();
+    }
+    let _last = c.work("w3", "none").await;
+    let job = api.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "poison_job", "{job:#}");
+    let runs = invocations(c.dir.path())
+        .iter()
+        .filter(|r| r["job"] == id.as_str())
+        .count();
+    assert_eq!(runs, 2, "the engine ran exactly the configured number of times");
+    assert_eq!(c.queue_counts("dead"), (1, 0));
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+    let hooks = c.edge.wait_hooks(1, 20).await;
+    let event: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+    assert_eq!(event["event"], "job.failed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.edge.hooks().len(), 1, "one failure webhook");
+}
+
+#[tokio::test]
+async fn a_broker_restart_under_load_loses_no_accepted_job() {
+    let _broker = BROKER.write().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let _worker = c.work("work", "none").await;
+    let api = serve.api();
+    let url = c.edge.add("p.jpg", photo(0));
+    let restart = tokio::task::spawn_blocking(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        let ctl = |args: &[&str]| {
+            assert!(std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .status()
+                .unwrap()
+                .success())
+        };
+        ctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(2));
+        ctl(&["start_app"]);
+        ctl(&["eval", "application:set_env(rabbit, consumer_timeout, 36000000)."]);
+    });
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let resp = api.post_json("/api/v1/jobs", &json!({"image_urls": [url]})).await;
+        match resp.status().as_u16() {
+            202 => accepted.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            503 => refused += 1,
+            other => panic!("the API answered {other} while the broker restarted"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    restart.await.unwrap();
+    assert!(refused > 0, "the broker was down for part of the run");
+    // The worker consumes again soon after the broker is back.
+    let back = Instant::now();
+    let probe = loop {
+        let resp = api
+            .post_json("/api/v1/jobs", &json!({"image_urls": [url], "priority": "high"}))
+            .await;
+        if resp.status() == 202 {
+            break resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the API refused jobs for 30 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    api.wait_for(&probe, 30, |j| j["status"] != "enqueued").await;
+    let resumed = back.elapsed();
+    assert!(
+        resumed < Duration::from_secs(30),
+        "the worker took {resumed:?} to consume again"
+    );
+    eprintln!("broker restart: the worker took a job {resumed:?} after the broker was back");
+    for id in &accepted {
+        let job = api.wait_final(id, 90).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+    }
+    let page: Value = api.get("/api/v1/jobs?limit=100").await.json().await.unwrap();
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        accepted.len() + 1, // and the probe
+        "refused submits leave no job"
+    );
+    eprintln!(
+        "broker restart: {} accepted and all succeeded, {refused} refused with 503",
+        accepted.len()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
+    let _broker = BROKER.read().await;
+    // One delivery allowed: the restarted worker dead-letters the job without running it, so only
+    // its start-up clean-up can stop the orphans.
+    let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "1")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let worker = c.work("node-a", "none").await;
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
+        .await;
+    api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
+    // Let the run settle: a batch tool killed while it still prints dies of the broken pipe.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    worker.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!job_processes(&id).is_empty(), "the engine outlives a SIGKILLed worker");
+    let _restarted = c.work("node-a", "none").await;
+    assert!(
+        job_processes(&id).is_empty(),
+        "the new worker stopped them before taking jobs"
+    );
+    assert_eq!(api.wait_final(&id, 30).await["error"]["code"], "poison_job");
+}
+
+#[tokio::test]
+async fn a_job_delivered_twice_runs_once() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
+    let api = serve.api();
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))]}))
+        .await;
+    api.wait_for(&id, 30, |j| j["stage"] == "reconstructing").await;
+    publish_again(&c, &id).await; // while it runs on one worker: the other must not run it too
+    let job = api.wait_final(&id, 90).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    publish_again(&c, &id).await; // after it ended
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = invocations(c.dir.path())
+        .iter()
+        .filter(|r| r["job"] == id.as_str())
+        .count();
+    assert_eq!(runs, 1, "the engine ran once");
+    let after = api.job(&id).await;
+    assert_eq!(after["attempts"], 1);
+    assert_eq!(after["results"], job["results"], "stored results unchanged");
+    assert_eq!(after["finished_at"], job["finished_at"]);
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+}
+
+#[tokio::test]
+async fn forced_disconnects_give_quick_503s_and_lose_nothing() {
+    let _broker = BROKER.write().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let _worker = c.work("work", "none").await;
+    let api = serve.api();
+    let url = c.edge.add("p.jpg", photo(0));
+    let closer = tokio::task::spawn_blocking(|| {
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            let status = std::process::Command::new("rabbitmqctl")
+                .args(["close_all_connections", "closed by the test"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    });
+    let (mut accepted, mut slowest) = (Vec::new(), Duration::ZERO);
+    for _ in 0..30 {
+        let started = Instant::now();
+        let resp = api.post_json("/api/v1/jobs", &json!({"image_urls": [url]})).await;
+        slowest = slowest.max(started.elapsed());
+        match resp.status().as_u16() {
+            202 => accepted.push(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            503 => {}
+            other => panic!("the API answered {other} while connections were closed"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closer.await.unwrap();
+    assert!(slowest < Duration::from_secs(5), "an answer took {slowest:?}");
+    let back = Instant::now();
+    for id in &accepted {
+        assert_eq!(api.wait_final(id, 60).await["status"], "succeeded", "{id}");
+    }
+    eprintln!(
+        "forced disconnects: {} accepted, all done {:?} later; slowest answer {slowest:?}",
+        accepted.len(),
+        back.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn jobs_survive_workers_killed_at_random() {
+    let _broker = BROKER.read().await;
+    // Jobs of about 5 s; a job may be hit several times, so no poison limit here.
+    let extra = [
+        ("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "50"),
+        ("FAKE_MESHROOM_NODE_SECONDS", "0.5"),
+    ];
+    let c = Cluster::new(&extra).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let mut workers = [Some(c.work("w0", "none").await), Some(c.work("w1", "none").await)];
+    let url = c.edge.add("p.jpg", photo(0));
+    let body = json!({"image_urls": [url], "callback_url": c.edge.hook_url()});
+    let ids: Vec<String> = futures_util::future::join_all((0..20).map(|_| api.submit(body.clone()))).await;
+
+    // Ten SIGKILLs at pseudo-random moments (fixed seed), each worker restarted on its folder.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1500 + next() % 3500)).await;
+        let i = (next() % 2) as usize;
+        workers[i].take().unwrap().kill();
+        workers[i] = Some(c.work(&format!("w{i}"), "none").await);
+    }
+    let mut attempts = 0;
+    for id in &ids {
+        let job = api.wait_final(id, 300).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(job["results"].as_array().unwrap().len(), 3, "one result set");
+        attempts += job["attempts"].as_u64().unwrap();
+    }
+    // One job.succeeded webhook id per job (a retry of a delivery keeps its id).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut ids_by_job: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    for hook in c.edge.hooks() {
+        let event: Value = serde_json::from_slice(&hook.body).unwrap();
+        assert_eq!(event["event"], "job.succeeded");
+        let job = event["id"].as_str().unwrap().to_string();
+        ids_by_job
+            .entry(job)
+            .or_default()
+            .insert(hook.headers["webhook-id"].clone());
+    }
+    for id in &ids {
+        assert_eq!(
+            ids_by_job.get(id).map(|s| s.len()),
+            Some(1),
+            "job {id}: webhook ids {:?}",
+            ids_by_job.get(id)
+        );
+    }
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0), "queue empty at the end");
+    eprintln!("random kills: 20 of 20 succeeded after 10 SIGKILLs, {attempts} attempts in all");
+}
+
+#[tokio::test]
+async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
+    use futures_util::StreamExt;
+    let _broker = BROKER.write().await;
+    let c = Cluster::new(&[("FAKE_MESHROOM_MODE", "instant")]).await;
+    let serve = c.serve("serve").await;
+    let api = serve.api();
+    let url = c.edge.add("p.png", tiny_png());
+    let ids: Vec<String> = futures_util::stream::iter(0..1000)
+        .map(|_| api.submit(json!({"image_urls": [url]})))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(ids.len(), 1000, "1,000 jobs accepted with 202");
+    assert_eq!(c.queue_counts("jobs.cpu").0, 1000);
+
+    tokio::task::spawn_blocking(crash_and_restart_broker).await.unwrap();
+    assert_eq!(c.queue_counts("jobs.cpu").0, 1000, "every accepted job is still queued");
+
+    let started = Instant::now();
+    let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
+    let mut attempts = 0;
+    for id in &ids {
+        let job = api.wait_final(id, 600).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        attempts += job["attempts"].as_u64().unwrap();
+    }
+    assert_eq!(attempts, 1000, "one outcome per job");
+    assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
+    eprintln!(
+        "broker SIGKILL: 1000 of 1000 accepted jobs completed, in {:?} after the restart",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_files() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let mut garage = PrivateGarage::start(&c.dir.path().join("garage")).await;
+    let mut env = c.env.clone();
+    for (k, v) in [
+        ("MESHROOM_SVC_STORAGE_ENDPOINT", garage.endpoint()),
+        ("MESHROOM_SVC_STORAGE_BUCKET", "private".to_string()),
+        ("AWS_ACCESS_KEY_ID", garage.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", garage.secret_key.clone()),
+    ] {
+        env.push((k.to_string(), v));
+    }
+    let start = |name: &str, args: Vec<String>, port| {
+        let (dir, env) = (c.dir.path().to_path_buf(), env.clone());
+        let data = dir.join(name).display().to_string();
+        async move {
+            let mut all: Vec<String> = args;
+            all.extend(["--data-dir".into(), data]);
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            Proc::start(&dir, &args, port, &env).await
+        }
+    };
+    let serve = start("serve", vec!["serve".into()], Some(free_port())).await;
+    let _worker = start(
+        "work",
+        vec!["work".into(), "--gpu".into(), "none".into()],
+        Some(free_port()),
+    )
+    .await;
+    let api = serve.api();
+    let mib = 200;
+    let id = api
+        .submit(json!({"image_urls": [c.edge.add(&format!("fake-big{mib}.jpg"), photo(0))]}))
+        .await;
+    api.wait_for(&id, 60, |j| j["stage"] == "uploading").await;
+    garage.crash();
+    // Meanwhile the API answers 503, never 500.
+    let during = api.get(&format!("/api/v1/jobs/{id}")).await.status().as_u16();
+    assert_eq!(during, 503);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    garage.resume().await;
+    let mut job = Value::Null;
+    for _ in 0..1200 {
+        let resp = api.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_ne!(resp.status().as_u16(), 500, "503 while storage is down, never 500");
+        if resp.status() == 200 {
+            job = resp.json().await.unwrap();
+            if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match job["status"].as_str() {
+        Some("succeeded") => {
+            // Every listed file is really there, whole.
+            for r in job["results"].as_array().unwrap() {
+                let resp = api.get(r["url"].as_str().unwrap()).await;
+                assert_eq!(resp.status(), 200, "{r}");
+                assert_eq!(resp.content_length(), r["size"].as_u64(), "{r}");
+            }
+            assert_eq!(result(&job, "dense.ply")["size"].as_u64(), Some(mib << 20));
+        }
+        Some("failed") => assert_eq!(job["error"]["code"], "storage_error", "{job:#}"),
+        _ => panic!("the job did not end: {job:#}"),
+    }
+    eprintln!(
+        "S3 stopped mid-upload: job {} after {} attempt(s)",
+        job["status"], job["attempts"]
+    );
+}
+
+#[tokio::test]
+async fn a_pending_webhook_outlives_every_process() {
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,4")]).await;
+    c.edge.answer_hooks_with(&[503]);
+    let serve = c.serve("serve").await;
+    let worker = c.work("work", "none").await;
+    let body = json!({"image_urls": [c.edge.add("p.jpg", photo(0))], "callback_url": c.edge.hook_url()});
+    let id = serve.api().submit(body).await;
+    c.edge.wait_hooks(1, 30).await;
+    serve
+        .api()
+        .wait_for(&id, 10, |j| {
+            j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    // Every process dies between the attempts; the next attempt waits in RabbitMQ.
+    worker.kill();
+    serve.kill();
+    let serve = c.serve("serve-2").await;
+    let hooks = c.edge.wait_hooks(2, 30).await;
+    assert_eq!(hooks[0].headers["webhook-id"], hooks[1].headers["webhook-id"]);
+    assert!(signature_valid(&hooks[1]));
+    serve
+        .api()
+        .wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered")
+        .await;
+}
