@@ -31,6 +31,14 @@ impl Cluster {
         }
     }
 
+    /// A cluster with one `serve` and one CPU `work` process.
+    pub async fn with_serve_and_worker(extra: &[(&str, &str)]) -> (Cluster, Proc, Proc) {
+        let c = Cluster::new(extra).await;
+        let serve = c.serve("serve").await;
+        let worker = c.work("work", "none").await;
+        (c, serve, worker)
+    }
+
     pub async fn serve(&self, name: &str) -> Proc {
         let data = self.dir.path().join(name).display().to_string();
         Proc::start(

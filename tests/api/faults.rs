@@ -51,9 +51,7 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
 #[tokio::test]
 async fn a_broker_restart_under_load_loses_no_accepted_job() {
     let _broker = BROKER.write().await;
-    let c = Cluster::new(&[]).await;
-    let serve = c.serve("serve").await;
-    let _worker = c.work("work", "none").await;
+    let (c, serve, _worker) = Cluster::with_serve_and_worker(&[]).await;
     let api = serve.api();
     let url = c.edge.add("p.jpg", photo(0));
     let restart = tokio::task::spawn_blocking(|| {
@@ -178,9 +176,7 @@ async fn a_job_delivered_twice_runs_once() {
 #[tokio::test]
 async fn forced_disconnects_give_quick_503s_and_lose_nothing() {
     let _broker = BROKER.write().await;
-    let c = Cluster::new(&[]).await;
-    let serve = c.serve("serve").await;
-    let _worker = c.work("work", "none").await;
+    let (c, serve, _worker) = Cluster::with_serve_and_worker(&[]).await;
     let api = serve.api();
     let url = c.edge.add("p.jpg", photo(0));
     let closer = tokio::task::spawn_blocking(|| {
