@@ -70,7 +70,7 @@ pub struct App {
     /// GPUs of this process's worker slots; empty means CPU only.
     pub gpus: Vec<u32>,
     /// Whether the API accepts jobs whose pipeline needs a GPU.
-    pub accepts_gpu_jobs: bool,
+    accepts_gpu_jobs: bool,
     /// Cancel handles of the jobs running in this process.
     pub running: worker::Running,
     /// Cancelled when the process stops: running jobs are stopped and queued again.

@@ -1,7 +1,7 @@
 //! Local-folder storage: keys map to files below a root; writes go through a temp file and a
 //! rename so readers never see half a file.
 
-use super::{valid_key, Storage, StorageError};
+use super::{io, valid_key, Storage, StorageError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -9,13 +9,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
-}
-
-fn io(key: &str) -> impl Fn(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io {
-        key: key.into(),
-        source,
-    }
 }
 
 impl Storage {

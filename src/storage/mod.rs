@@ -162,6 +162,14 @@ impl Storage {
     }
 }
 
+/// Maps an I/O error on `key` to a storage error.
+pub(crate) fn io(key: &str) -> impl Fn(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        key: key.into(),
+        source,
+    }
+}
+
 /// Checks a key: relative, `/`-separated, no empty, `.` or `..` segment.
 pub(crate) fn valid_key(key: &str) -> bool {
     !key.is_empty()

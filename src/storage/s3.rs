@@ -2,7 +2,7 @@
 //! uploads with a bounded number of 8 MiB parts in flight, and downloads stream to disk, so a
 //! multi-gigabyte mesh never sits in memory.
 
-use super::{valid_key, Storage, StorageError};
+use super::{io, valid_key, Storage, StorageError};
 use crate::config::{Secrets, StorageConfig};
 use s3::creds::Credentials;
 use s3::error::S3Error;
@@ -103,20 +103,13 @@ impl S3Storage {
 
     pub(super) async fn store_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         let size = self.upload(key, src).await?;
-        tokio::fs::remove_file(src).await.map_err(|e| StorageError::Io {
-            key: key.into(),
-            source: e,
-        })?;
+        tokio::fs::remove_file(src).await.map_err(io(key))?;
         Ok(size)
     }
 
     pub(super) async fn upload(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
-        let io = |e: std::io::Error| StorageError::Io {
-            key: key.into(),
-            source: e,
-        };
-        let mut file = tokio::fs::File::open(src).await.map_err(io)?;
-        let size = file.metadata().await.map_err(io)?.len();
+        let mut file = tokio::fs::File::open(src).await.map_err(io(key))?;
+        let size = file.metadata().await.map_err(io(key))?.len();
         self.bucket
             .put_object_stream_builder(self.path(key)?)
             .with_max_concurrent_chunks(PARTS_IN_FLIGHT)
@@ -127,18 +120,14 @@ impl S3Storage {
     }
 
     pub(super) async fn fetch_to_file(&self, key: &str, dest: &Path) -> Result<u64, StorageError> {
-        let io = |e: std::io::Error| StorageError::Io {
-            key: key.into(),
-            source: e,
-        };
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut file = tokio::fs::File::create(dest).await.map_err(io(key))?;
         self.bucket
             .get_object_to_writer(self.path(key)?, &mut file)
             .await
             .map_err(|e| Self::fail(key, e))?;
         use tokio::io::AsyncWriteExt;
-        file.flush().await.map_err(io)?;
-        Ok(file.metadata().await.map_err(io)?.len())
+        file.flush().await.map_err(io(key))?;
+        Ok(file.metadata().await.map_err(io(key))?.len())
     }
 
     pub(super) async fn list_children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

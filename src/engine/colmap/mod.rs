@@ -53,10 +53,7 @@ pub async fn run(
         "--SiftExtraction.use_gpu".into(),
         "0".into(),
     ]);
-    stage
-        .command(0, args, "SiftExtraction.", parse::extraction)
-        .await
-        .and_then(|e| check(e, "feature_extractor", run))?;
+    stage.checked(0, args, "SiftExtraction.", parse::extraction).await?;
 
     let args = vec![
         "exhaustive_matcher".into(),
@@ -65,10 +62,7 @@ pub async fn run(
         "--SiftMatching.use_gpu".into(),
         "0".into(),
     ];
-    stage
-        .command(1, args, "SiftMatching.", parse::matching)
-        .await
-        .and_then(|e| check(e, "exhaustive_matcher", run))?;
+    stage.checked(1, args, "SiftMatching.", parse::matching).await?;
 
     let mut args = vec![
         "mapper".into(),
@@ -105,10 +99,7 @@ pub async fn run(
             target,
         ];
         let args = [args, vec!["--output_type".into(), kind.into()]].concat();
-        stage
-            .command(3, args, "", |_| None)
-            .await
-            .and_then(|e| check(e, "model_converter", run))?;
+        stage.checked(3, args, "", |_| None).await?;
     }
     summary.mesh = stage.mesh(&ply, &out.join("mesh.ply")).await?;
     Ok(summary)
@@ -128,6 +119,19 @@ struct Stage<'a, 'r, F> {
 }
 
 impl<F: FnMut(Progress)> Stage<'_, '_, F> {
+    /// Runs a stage command that must exit 0 (named after its first argument in errors).
+    async fn checked(
+        &mut self,
+        index: usize,
+        args: Vec<String>,
+        section: &str,
+        within: impl Fn(&str) -> Option<f32>,
+    ) -> Result<(), EngineError> {
+        let program = args[0].clone();
+        let ended = self.command(index, args, section, within).await?;
+        check(ended, &program, self.run)
+    }
+
     /// Runs `colmap ARGS` (plus the job's overrides whose name starts with `section`) as stage
     /// `index`; `within` reads a line into the fraction of the stage done.
     async fn command(
