@@ -1,6 +1,8 @@
 //! Prometheus metrics of this process, served at `GET /metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The metrics a process keeps; each process exports its own (sum them across replicas).
 #[derive(Debug, Clone)]
@@ -14,6 +16,8 @@ pub struct Metrics {
     pub finished: IntCounterVec,
     /// Time spent in each stage, seconds.
     pub stage_seconds: HistogramVec,
+    /// Time from one engine run's end to the next one's start on the same worker slot, seconds.
+    pub engine_gap_seconds: Histogram,
     /// Webhook attempts made here, by outcome.
     pub webhook_attempts: IntCounterVec,
     /// Jobs waiting in the queue, as last read.
@@ -42,6 +46,19 @@ impl Default for Metrics {
             &["stage"],
         )
         .unwrap();
+        // What a slot does between two runs (record, upload, ack, claim, download) with jobs
+        // waiting; with an empty queue it includes the wait for the next job.
+        let gap_buckets = vec![
+            0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+        ];
+        let engine_gap_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "engine_gap_seconds",
+                "Time from one engine run's end to the next one's start on a worker slot",
+            )
+            .buckets(gap_buckets),
+        )
+        .unwrap();
         let webhook_attempts = IntCounterVec::new(
             Opts::new("webhook_attempts_total", "Webhook delivery attempts, by outcome"),
             &["outcome"],
@@ -53,6 +70,7 @@ impl Default for Metrics {
             Box::new(running.clone()),
             Box::new(finished.clone()),
             Box::new(stage_seconds.clone()),
+            Box::new(engine_gap_seconds.clone()),
             Box::new(webhook_attempts.clone()),
             Box::new(queue_depth.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -65,6 +83,7 @@ impl Default for Metrics {
             running,
             finished,
             stage_seconds,
+            engine_gap_seconds,
             webhook_attempts,
             queue_depth,
         }

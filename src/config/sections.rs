@@ -57,7 +57,7 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Images downloaded at once per job.
+    /// Images fetched at once per job (from URLs and from storage).
     pub download_concurrency: u64,
     /// Timeout of one image download, seconds.
     pub download_timeout_secs: u64,

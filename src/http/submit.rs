@@ -121,8 +121,8 @@ pub(super) async fn submit(
         return Err(e);
     }
     job.idempotency_key = idempotency_key;
-    // Inputs first, record last: a crash in between leaves a folder without a record, which the
-    // next start removes, and never a job whose inputs are missing.
+    // Inputs first, record last: a crash in between leaves inputs that no record names (unlisted,
+    // never run), and never a job whose inputs are missing.
     for (upload, path) in job.uploads.iter().zip(&staged) {
         app.storage
             .store_file(&Job::key(job.id, &format!("inputs/{}", upload.name)), path)
@@ -138,13 +138,23 @@ pub(super) async fn submit(
     }
     let _ = tokio::fs::remove_dir_all(app.tmp_dir().join(job.id.to_string())).await;
     let new_id = job.id;
-    let stored = app.store.insert(job).await?;
-    if stored.id != new_id {
-        // A concurrent request with the same Idempotency-Key won the race: drop our copy.
-        let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
-        return Ok(accepted(&stored, true));
-    }
-    if let Err(e) = app.enqueue(&stored).await {
+    let (stored, queued) = if job.idempotency_key.is_none() {
+        // Stored and queued at once: the answer waits for the slower of the two, not their sum,
+        // and the S3 server sees every pending submit at once. A worker that gets the message
+        // before the record exists waits for it (see `worker::process`).
+        let (stored, queued) = tokio::join!(app.store.insert(job.clone()), app.enqueue(&job));
+        (stored?, queued)
+    } else {
+        let stored = app.store.insert(job).await?;
+        if stored.id != new_id {
+            // A concurrent request with the same Idempotency-Key won the race: drop our copy.
+            let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
+            return Ok(accepted(&stored, true));
+        }
+        let queued = app.enqueue(&stored).await;
+        (stored, queued)
+    };
+    if let Err(e) = queued {
         // Not queued, so not accepted: remove it, and the client may submit again.
         let _ = app.store.remove(stored.id).await;
         return Err(e.into());

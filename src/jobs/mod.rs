@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 mod store;
-pub use store::{Store, StoreError};
+pub use store::{record_key, Store, StoreError};
 
 /// Lifecycle of a job (the same names as meilisearch tasks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -102,8 +102,23 @@ impl Storage {
 
     /// Up to `max` names below a flat prefix ending in `/`, in ascending order, after `after`.
     pub async fn list_after(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Vec<String>, StorageError> {
+        let tagged = self.list_tagged(prefix, after, max).await?;
+        Ok(tagged.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// As `list_after`, with each object's entity tag where the backend gives one (S3): a
+    /// different tag means different content.
+    pub async fn list_tagged(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Option<String>)>, StorageError> {
         match self {
-            Storage::Local(s) => s.list_after(prefix, after, max).await,
+            Storage::Local(s) => {
+                let names = s.list_after(prefix, after, max).await?;
+                Ok(names.into_iter().map(|n| (n, None)).collect())
+            }
             Storage::S3(s) => s.list_after(prefix, after, max).await,
         }
     }

@@ -156,7 +156,7 @@ impl S3Storage {
         prefix: &str,
         after: Option<&str>,
         max: usize,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<Vec<(String, Option<String>)>, StorageError> {
         let full = self.path(prefix)?;
         let (page, _) = self
             .bucket
@@ -172,7 +172,7 @@ impl S3Storage {
         Ok(page
             .contents
             .into_iter()
-            .map(|o| o.key.trim_start_matches(&full).to_string())
+            .map(|o| (o.key.trim_start_matches(&full).to_string(), o.e_tag))
             .collect())
     }
 

@@ -7,7 +7,8 @@ use crate::egress::{self, Egress};
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
 use backon::{ExponentialBuilder, Retryable};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,36 +45,48 @@ impl Failed {
     }
 }
 
-/// Fetches every image of the job into `dir`.
+/// Fetches every image of the job into `dir`, `worker.download_concurrency` at a time.
 pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo> {
-    for upload in &job.uploads {
-        let key = Job::key(job.id, &format!("inputs/{}", upload.name));
-        let dest = dir.join(&upload.name);
-        (|| app.storage.fetch_to_file(&key, &dest))
-            .retry(backoff(app))
-            .notify(|e, wait| {
-                log::warn!(
-                    "job {}: input {} not fetched ({e}); retry in {wait:?}",
-                    job.id,
-                    upload.name
-                )
-            })
-            .await
-            .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))?;
-    }
     let total = AtomicU64::new(job.uploads.iter().map(|u| u.size).sum());
-    let offset = job.uploads.len();
     let total = &total;
-    // Owned URLs: a stream of futures borrowing its items is not Send.
-    futures_util::stream::iter(job.image_urls.clone().into_iter().enumerate())
-        .map(|(i, url)| async move {
-            (|| fetch_url(app, &url, offset + i, dir, total))
-                .retry(backoff(app))
-                .when(|f: &Failed| f.transient)
-                .notify(|f: &Failed, wait| log::warn!("job {}: {}; retry in {wait:?}", job.id, f.info.message))
-                .await
-                .map_err(|f| f.info)
-        })
+    let offset = job.uploads.len();
+    // Built eagerly and boxed: a stream whose closures borrow is not provably Send.
+    let mut fetches: Vec<BoxFuture<'_, Result<(), ErrorInfo>>> = Vec::new();
+    for upload in &job.uploads {
+        fetches.push(
+            async move {
+                let key = Job::key(job.id, &format!("inputs/{}", upload.name));
+                let dest = dir.join(&upload.name);
+                (|| app.storage.fetch_to_file(&key, &dest))
+                    .retry(backoff(app))
+                    .notify(|e, wait| {
+                        log::warn!(
+                            "job {}: input {} not fetched ({e}); retry in {wait:?}",
+                            job.id,
+                            upload.name
+                        )
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))
+            }
+            .boxed(),
+        );
+    }
+    for (i, url) in job.image_urls.iter().enumerate() {
+        fetches.push(
+            async move {
+                (|| fetch_url(app, url, offset + i, dir, total))
+                    .retry(backoff(app))
+                    .when(|f: &Failed| f.transient)
+                    .notify(|f: &Failed, wait| log::warn!("job {}: {}; retry in {wait:?}", job.id, f.info.message))
+                    .await
+                    .map_err(|f| f.info)
+            }
+            .boxed(),
+        );
+    }
+    futures_util::stream::iter(fetches)
         .buffer_unordered(app.config.worker.download_concurrency as usize)
         .try_collect::<Vec<()>>()
         .await?;

@@ -54,13 +54,23 @@ pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
         .map(|gpu| {
             let app = app.clone();
             tokio::spawn(async move {
+                let mut slot = Slot {
+                    gpu,
+                    engine_ended: None,
+                };
                 while let Some(taken) = app.queue.take(&app.shutdown).await {
-                    let how = process(&app, taken.id, gpu).await;
+                    let how = process(&app, taken.id, &mut slot).await;
                     app.queue.settle(taken, how).await;
                 }
             })
         })
         .collect()
+}
+
+/// A worker slot: its GPU, and when its last engine run ended (for the engine gap metric).
+pub(crate) struct Slot {
+    gpu: Option<u32>,
+    engine_ended: Option<std::time::Instant>,
 }
 
 /// Asks the job's worker in this process to stop it; false if it is not running here.
@@ -92,7 +102,7 @@ enum Claim {
 const HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// Runs one delivered job to its end and says what to do with the message.
-async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
+async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     // After a broker reconnect, a job this process is still running can be delivered again: wait
     // for that run to record its outcome, then this delivery finds the job done.
     while app.running.lock().expect("lock").contains_key(&id) {
@@ -130,6 +140,14 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         },
     };
     let mut claimed = app.store.update(id, claim).await;
+    // Submits store the record and publish at once: the message may come first.
+    while matches!(claimed, Ok(None)) && just_submitted(id) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = app.shutdown.cancelled() => return Settle::Requeue,
+        }
+        claimed = app.store.update(id, claim).await;
+    }
     // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease
     // to lapse (it died), without giving the message back.
     while let Ok(Some(Claim::Held)) = claimed {
@@ -142,6 +160,7 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
     let job = match claimed {
         Ok(Some(Claim::Run(job))) => job,
         Ok(Some(Claim::Done { webhook: true })) => return queue_webhook(app, id).await,
+        // Deleted, or a submit whose record was never stored (it answered 503).
         Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => return Settle::Ack,
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
@@ -157,11 +176,11 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
             return Settle::Requeue;
         }
     };
-    log::info!("job {id}: started (attempt {}, gpu {gpu:?})", job.attempts);
+    log::info!("job {id}: started (attempt {}, gpu {:?})", job.attempts, slot.gpu);
     let token = app.shutdown.child_token();
     app.running.lock().expect("lock").insert(id, token.clone());
     let watcher = tokio::spawn(watch_cancel(app.clone(), id, token.clone()));
-    let outcome = execute(app, &job, gpu, &token).await;
+    let outcome = execute(app, &job, slot, &token).await;
     watcher.abort();
     app.running.lock().expect("lock").remove(&id);
     let failed = matches!(outcome, Err(Failure::Error(..)));
@@ -209,6 +228,14 @@ async fn process(app: &Arc<App>, id: Uuid, gpu: Option<u32>) -> Settle {
         );
     }
     queue_webhook(app, id).await
+}
+
+/// True for a job id minted in the last minute (ids are UUIDv7: they carry their time), while
+/// its submit may still be storing the record.
+fn just_submitted(id: Uuid) -> bool {
+    let minted = id.get_timestamp().map_or(0, |t| t.to_unix().0);
+    let now = chrono::Utc::now().timestamp() as u64;
+    now.saturating_sub(minted) < 60
 }
 
 /// True when the job's worker refreshed its lease recently.

@@ -1,6 +1,6 @@
 //! One attempt of a claimed job: images in, engine run with progress, results out.
 
-use super::{download, Failure};
+use super::{download, Failure, Slot};
 use crate::app::App;
 use crate::engine::{self, EngineError};
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Summary};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub(super) async fn execute(
     app: &Arc<App>,
     job: &Job,
-    gpu: Option<u32>,
+    slot: &mut Slot,
     token: &CancellationToken,
 ) -> Result<(Vec<ResultFile>, Option<Summary>), Failure> {
     let dir = app.work_dir(job.id);
@@ -56,16 +56,20 @@ pub(super) async fn execute(
         dir: &dir,
         pipeline: &preset.pipeline,
         overrides: &overrides,
-        gpu,
+        gpu: slot.gpu,
         timeout: Duration::from_secs(job.timeout_secs),
         grace: Duration::from_secs(app.config.engine.kill_grace_secs),
         config: &app.config.engine,
     };
     let (progress, writer) = progress_writer(app, job.id);
+    if let Some(ended) = slot.engine_ended.take() {
+        app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
+    }
     let result = engine::run(preset.engine, &run, token, |p| {
         let _ = progress.send(p);
     })
     .await;
+    slot.engine_ended = Some(Instant::now());
     drop(progress);
     let _ = writer.await;
     // Keep the engine log in storage whatever happened, for GET /jobs/{id}/log.
