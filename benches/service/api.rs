@@ -82,14 +82,12 @@ pub async fn accept(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
         target: "(explains the row above)".into(),
         met: None,
     });
-    rows.push(Row {
-        figure: "accept latency p99 (same run)".into(),
-        measured: format!("{:.1} ms (p50 {:.1} ms)", accepted.p99_ms, accepted.p50_ms),
-        compared: String::new(),
-        ratio: None,
-        target: "< 20 ms".into(),
-        met: Some(accepted.p99_ms < 20.0),
-    });
+    rows.push(Row::limit(
+        "accept latency p99 (same run)".into(),
+        format!("{:.1} ms (p50 {:.1} ms)", accepted.p99_ms, accepted.p50_ms),
+        "< 20 ms".into(),
+        accepted.p99_ms < 20.0,
+    ));
 }
 
 /// GET one job and the first list page with `scale.records` recorded jobs, and `serve`'s peak RSS.
@@ -109,31 +107,25 @@ pub async fn records(scale: &Scale, rows: &mut Vec<Row>) {
     let list = wrk::run(&api.url("/api/v1/jobs"), connections, scale.secs, None);
     let rss = peak_rss_mib(serve.pid());
     let n = scale.records;
-    rows.push(Row {
-        figure: format!("GET one job of {n}, {connections} connections, random ids (S3)"),
-        measured: format!("p99 {:.1} ms (p50 {:.1} ms, {:.0}/s)", get.p99_ms, get.p50_ms, get.rate),
-        compared: String::new(),
-        ratio: None,
-        target: "p99 < 10 ms".into(),
-        met: Some(get.p99_ms < 10.0 && get.errors == 0),
-    });
-    rows.push(Row {
-        figure: format!("first list page (20 jobs) of {n}, {connections} connections (S3)"),
-        measured: format!(
+    rows.push(Row::limit(
+        format!("GET one job of {n}, {connections} connections, random ids (S3)"),
+        format!("p99 {:.1} ms (p50 {:.1} ms, {:.0}/s)", get.p99_ms, get.p50_ms, get.rate),
+        "p99 < 10 ms".into(),
+        get.p99_ms < 10.0 && get.errors == 0,
+    ));
+    rows.push(Row::limit(
+        format!("first list page (20 jobs) of {n}, {connections} connections (S3)"),
+        format!(
             "p99 {:.1} ms (p50 {:.1} ms, {:.0}/s)",
             list.p99_ms, list.p50_ms, list.rate
         ),
-        compared: String::new(),
-        ratio: None,
-        target: "p99 < 50 ms".into(),
-        met: Some(list.p99_ms < 50.0 && list.errors == 0),
-    });
-    rows.push(Row {
-        figure: format!("`serve` peak RSS after {n} submits and the reads above"),
-        measured: format!("{rss:.0} MiB"),
-        compared: String::new(),
-        ratio: None,
-        target: "< 150 MB".into(),
-        met: Some(rss * 1.048_576 < 150.0),
-    });
+        "p99 < 50 ms".into(),
+        list.p99_ms < 50.0 && list.errors == 0,
+    ));
+    rows.push(Row::limit(
+        format!("`serve` peak RSS after {n} submits and the reads above"),
+        format!("{rss:.0} MiB"),
+        "< 150 MB".into(),
+        rss * 1.048_576 < 150.0,
+    ));
 }

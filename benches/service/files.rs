@@ -87,26 +87,22 @@ pub async fn staging(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
     let size = format!("{n} images × {:.1} MB", image.len() as f64 / 1e6);
     for (from, secs, raw_secs) in [("S3", s3_secs, raw_s3), ("HTTP", http_secs, raw_http)] {
         let ratio = raw_secs / secs;
-        rows.push(Row {
-            figure: format!("image staging from {from}, {size}, into the job folder"),
-            measured: format!("{:.0} MB/s ({secs:.2} s)", mb_per_s(total, secs)),
-            compared: format!(
+        rows.push(Row::versus(
+            format!("image staging from {from}, {size}, into the job folder"),
+            format!("{:.0} MB/s ({secs:.2} s)", mb_per_s(total, secs)),
+            format!(
                 "raw parallel GET to files, {concurrency} at once: {:.0} MB/s ({raw_secs:.2} s)",
                 mb_per_s(total, raw_secs)
             ),
-            ratio: Some(ratio),
-            target: "≥ 0.8×".into(),
-            met: Some(ratio >= 0.8),
-        });
+            (ratio, 0.8),
+        ));
     }
-    rows.push(Row {
-        figure: "worker peak RSS, both stagings".into(),
-        measured: format!("{rss:.0} MiB"),
-        compared: String::new(),
-        ratio: None,
-        target: "< 100 MB".into(),
-        met: Some(rss * 1.048_576 < 100.0),
-    });
+    rows.push(Row::limit(
+        "worker peak RSS, both stagings".into(),
+        format!("{rss:.0} MiB"),
+        "< 100 MB".into(),
+        rss * 1.048_576 < 100.0,
+    ));
 }
 
 /// Result upload of a big output (the fake engine's `big<N>` mode) against a raw multipart PUT
@@ -136,24 +132,20 @@ pub async fn upload(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
     let bytes = large << 20;
     let (_, secs, rss_large) = runs[1];
     let ratio = raw_secs / secs;
-    rows.push(Row {
-        figure: format!("result upload, {large} MiB of outputs to S3"),
-        measured: format!("{:.0} MB/s ({secs:.2} s)", mb_per_s(bytes, secs)),
-        compared: format!(
+    rows.push(Row::versus(
+        format!("result upload, {large} MiB of outputs to S3"),
+        format!("{:.0} MB/s ({secs:.2} s)", mb_per_s(bytes, secs)),
+        format!(
             "raw multipart PUT (rust-s3 defaults): {:.0} MB/s ({raw_secs:.2} s)",
             mb_per_s(bytes, raw_secs)
         ),
-        ratio: Some(ratio),
-        target: "≥ 0.8×".into(),
-        met: Some(ratio >= 0.8),
-    });
+        (ratio, 0.8),
+    ));
     let rss_small = runs[0].2;
-    rows.push(Row {
-        figure: format!("worker peak RSS after a {small} MiB and then a {large} MiB result"),
-        measured: format!("{rss_small:.0} MiB, then {rss_large:.0} MiB"),
-        compared: String::new(),
-        ratio: None,
-        target: "bounded: no growth with size".into(),
-        met: Some(rss_large <= rss_small * 1.1 + 8.0),
-    });
+    rows.push(Row::limit(
+        format!("worker peak RSS after a {small} MiB and then a {large} MiB result"),
+        format!("{rss_small:.0} MiB, then {rss_large:.0} MiB"),
+        "bounded: no growth with size".into(),
+        rss_large <= rss_small * 1.1 + 8.0,
+    ));
 }

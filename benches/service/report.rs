@@ -14,6 +14,32 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
+impl Row {
+    /// A figure checked against a limit of its own.
+    pub fn limit(figure: String, measured: String, target: String, met: bool) -> Row {
+        Row {
+            figure,
+            measured,
+            compared: String::new(),
+            ratio: None,
+            target,
+            met: Some(met),
+        }
+    }
+
+    /// A figure compared with a raw one: met when `ratio` reaches `min`.
+    pub fn versus(figure: String, measured: String, compared: String, (ratio, min): (f64, f64)) -> Row {
+        Row {
+            figure,
+            measured,
+            compared,
+            ratio: Some(ratio),
+            target: format!("≥ {min}×"),
+            met: Some(ratio >= min),
+        }
+    }
+}
+
 /// Prints the rows as a Markdown table, with a verdict per row.
 pub fn print(rows: &[Row], full: bool) {
     println!();

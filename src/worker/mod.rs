@@ -140,12 +140,15 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
         },
     };
     let mut claimed = app.store.update(id, claim).await;
-    // Submits store the record and publish at once: the message may come first.
+    // Submits store the record and publish at once: the message may come first. Waits grow, as
+    // the record of a submit that failed half-way never comes.
+    let mut wait = Duration::from_millis(10);
     while matches!(claimed, Ok(None)) && just_submitted(id) {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = app.shutdown.cancelled() => return Settle::Requeue,
         }
+        wait = (wait * 2).min(Duration::from_secs(1));
         claimed = app.store.update(id, claim).await;
     }
     // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease

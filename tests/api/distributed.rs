@@ -246,14 +246,7 @@ async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
 async fn all_in_one_runs_on_rabbitmq_and_s3_too() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
-    let data = c.dir.path().join("aio").display().to_string();
-    let aio = Proc::start(
-        c.dir.path(),
-        &["all-in-one", "--gpu", "none", "--data-dir", &data],
-        Some(free_port()),
-        &c.env,
-    )
-    .await;
+    let aio = Proc::all_in_one(c.dir.path(), &c.dir.path().join("aio"), free_port(), &c.env).await;
     let api = aio.api();
     let root: Value = api.get("/").await.json().await.unwrap();
     assert_eq!(

@@ -34,6 +34,15 @@ pub struct Api {
     pub api_key: Option<String>,
 }
 
+/// An HTTP client that drops idle connections before the server's 5 s keep-alive does, so that a
+/// request never goes out on a connection the server is closing at that moment.
+pub fn api_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 /// The fake engine, from tests/fixtures.
 pub fn fake_engine() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meshroom_batch")
@@ -112,7 +121,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), gpus: Vec<u32>) -> 
     TestApp {
         api: Api {
             base,
-            client: reqwest::Client::new(),
+            client: api_client(),
             api_key,
         },
         app,
@@ -140,7 +149,7 @@ impl Api {
     pub fn new(base: String) -> Api {
         Api {
             base,
-            client: reqwest::Client::new(),
+            client: api_client(),
             api_key: None,
         }
     }

@@ -70,6 +70,18 @@ impl Proc {
         proc
     }
 
+    /// `meshroom-svc all-in-one` without GPUs, its data in `data`, serving on `port`.
+    pub async fn all_in_one(dir: &Path, data: &Path, port: u16, env: &[(String, String)]) -> Proc {
+        let data = data.display().to_string();
+        Self::start(
+            dir,
+            &["all-in-one", "--gpu", "none", "--data-dir", &data],
+            Some(port),
+            env,
+        )
+        .await
+    }
+
     pub fn api(&self) -> &Api {
         self.api.as_ref().expect("this process serves HTTP")
     }

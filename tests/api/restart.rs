@@ -7,15 +7,8 @@ use std::path::Path;
 
 /// `meshroom-svc all-in-one` on a fixed data folder and port.
 async fn all_in_one(dir: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
-    let data = dir.join("data").display().to_string();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Proc::start(
-        dir,
-        &["all-in-one", "--gpu", "none", "--data-dir", &data],
-        Some(port),
-        &env,
-    )
-    .await
+    Proc::all_in_one(dir, &dir.join("data"), port, &env).await
 }
 
 fn done(j: &Value) -> bool {

@@ -220,14 +220,7 @@ async fn proxy_environment_variables_are_ignored() {
     .map(|k| (k.to_string(), proxy.clone()))
     .collect();
     env.push(("MESHROOM_SVC_SECURITY_ALLOWED_NETWORKS".into(), "127.0.0.2/32".into()));
-    let data = dir.path().join("data").display().to_string();
-    let svc = Proc::start(
-        dir.path(),
-        &["all-in-one", "--gpu", "none", "--data-dir", &data],
-        Some(free_port()),
-        &env,
-    )
-    .await;
+    let svc = Proc::all_in_one(dir.path(), &dir.path().join("data"), free_port(), &env).await;
     let id = svc
         .api()
         .submit(json!({"image_urls": [format!("{server}/ok.jpg")]}))
