@@ -100,9 +100,19 @@ impl ChannelCallback for Confirms {
     async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
 }
 
+/// A small object to PUT beside each publish: the bucket, a key prefix and the bytes.
+pub type AlsoPut = Option<(Box<Bucket>, String, Vec<u8>)>;
+
 /// Persistent publishes to a durable queue on one connection, each client on a channel of its own
-/// waiting for the broker's confirm of every message before the next, for `secs`.
-pub async fn confirmed_publishes(s: &Services, queue: &str, body: &[u8], clients: usize, secs: f64) -> Load {
+/// waiting for the broker's confirm of every message before the next, for `secs`; with `also`,
+/// each publish goes with a PUT at the same time, as a submit does them.
+pub async fn confirmed_publishes(
+    s: &Services,
+    queue: &str,
+    body: &[u8],
+    (clients, secs): (usize, f64),
+    also: AlsoPut,
+) -> Load {
     let args = meshroom_svc::queue::amqp::connection_args(&s.amqp_url).unwrap();
     let connection = Connection::open(&args).await.expect("RabbitMQ answers");
     connection.register_callback(DefaultConnectionCallback).await.unwrap();
@@ -123,20 +133,33 @@ pub async fn confirmed_publishes(s: &Services, queue: &str, body: &[u8], clients
     channels[0].0.queue_declare(declare).await.unwrap();
     let channels = std::sync::Arc::new(channels);
     let (queue_name, body) = (queue.to_string(), body.to_vec());
-    let load = closed_loop(clients, secs, move |c, _| {
-        let (channels, queue, body) = (channels.clone(), queue_name.clone(), body.clone());
+    let load = closed_loop(clients, secs, move |c, n| {
+        let (channels, queue, body, also) = (channels.clone(), queue_name.clone(), body.clone(), also.clone());
         async move {
-            let (channel, confirms) = &channels[c];
-            let mut props = BasicProperties::default();
-            props.with_persistence(true).with_content_type("application/json");
-            if channel
-                .basic_publish(props, body, BasicPublishArguments::new("", &queue))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            confirms.lock().await.recv().await == Some(true)
+            let publish = async {
+                let (channel, confirms) = &channels[c];
+                let mut props = BasicProperties::default();
+                props.with_persistence(true).with_content_type("application/json");
+                if channel
+                    .basic_publish(props, body, BasicPublishArguments::new("", &queue))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                confirms.lock().await.recv().await == Some(true)
+            };
+            let put = async {
+                match &also {
+                    Some((bucket, prefix, record)) => bucket
+                        .put_object(format!("{prefix}/raw-both/{c}-{n}"), record)
+                        .await
+                        .is_ok(),
+                    None => true,
+                }
+            };
+            let (published, put) = tokio::join!(publish, put);
+            published && put
         }
     })
     .await;
