@@ -135,6 +135,9 @@ impl Config {
             ("limits.max_images", self.limits.max_images),
             ("limits.max_image_bytes", self.limits.max_image_bytes),
             ("limits.max_total_bytes", self.limits.max_total_bytes),
+            ("limits.max_image_pixels", self.limits.max_image_pixels),
+            ("limits.max_metadata_bytes", self.limits.max_metadata_bytes),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
             ("engine.timeout_secs", self.engine.timeout_secs),
             ("worker.download_concurrency", self.worker.download_concurrency),
             ("worker.download_timeout_secs", self.worker.download_timeout_secs),
@@ -144,6 +147,9 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{key}: must be greater than 0"));
             }
+        }
+        if self.limits.max_image_bytes > self.limits.max_total_bytes {
+            problems.push("limits.max_image_bytes: larger than limits.max_total_bytes, which caps a job's images".into());
         }
         if self.storage.kind == StorageKind::S3 {
             if self.storage.bucket.is_empty() {
@@ -257,6 +263,26 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn unknown_variables_and_zero_limits_are_refused() {
+        let err = Config::from_parts(
+            "[limits]\nmax_image_pixels = 0\n",
+            &env(&[
+                ("MESHROOM_SVC_LIMITS_MAX_IMAGE", "20"),
+                ("MESHROOM_SVC_LIMITS_max_images", "20"),
+                ("MESHROOM_SVC_API_KEYS", "k"),
+                ("MESHROOM_TEST_OTHER", "x"),
+            ]),
+        )
+        .unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("MESHROOM_SVC_LIMITS_MAX_IMAGE:"), "{all}");
+        assert!(all.contains("MESHROOM_SVC_LIMITS_max_images"), "{all}");
+        assert!(all.contains("limits.max_image_pixels: must be greater than 0"), "{all}");
+        assert!(!all.contains("API_KEYS") && !all.contains("MESHROOM_TEST"), "{all}");
+        assert_eq!(err.0.len(), 3, "{all}");
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Image checks on untrusted bytes, made while they stream in: the type comes from the content
 //! (magic bytes), never the name; the dimensions from the header, before anything is decoded; and
-//! JPEG and PNG files must end where their format says, so truncated files and polyglots (an
-//! image with an archive or a script appended) are refused.
+//! the container structure is walked to its real end (`structure`), so truncated files, broken
+//! structures and polyglots (an image with an archive or a script appended) are refused.
+
+use std::path::Path;
+
+mod structure;
+pub use structure::check_tiff;
 
 /// Accepted image types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,9 @@ pub enum ImageError {
     /// The file does not end where its format says (truncated, or something appended).
     #[error("the file is truncated or has data after the image")]
     BadEnd,
+    /// The container structure does not hold (a bad checksum, length, marker or offset).
+    #[error("the image's structure is broken")]
+    Corrupt,
 }
 
 impl ImageError {
@@ -50,7 +58,7 @@ impl ImageError {
         match self {
             ImageError::NotAnImage => "unsupported_image_type",
             ImageError::TooManyPixels { .. } => "image_too_many_pixels",
-            ImageError::BadHeader | ImageError::BadEnd => "invalid_image",
+            ImageError::BadHeader | ImageError::BadEnd | ImageError::Corrupt => "invalid_image",
         }
     }
 }
@@ -65,14 +73,14 @@ pub fn sniff(header: &[u8]) -> Option<Kind> {
     }
 }
 
-/// Checks an image as its bytes arrive: feed every chunk, then call [`Inspector::finish`].
+/// Checks an image as its bytes arrive: feed every chunk, then call [`Inspector::finish_file`].
 #[derive(Debug)]
 pub struct Inspector {
     max_pixels: u64,
     head: Vec<u8>,
     kind: Option<Kind>,
     sized: bool,
-    tail: Vec<u8>,
+    walker: Option<structure::Walker>,
 }
 
 impl Inspector {
@@ -83,7 +91,7 @@ impl Inspector {
             head: Vec::new(),
             kind: None,
             sized: false,
-            tail: Vec::new(),
+            walker: None,
         }
     }
 
@@ -94,24 +102,42 @@ impl Inspector {
 
     /// Takes the next chunk; fails as soon as the bytes cannot be an acceptable image.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
-        // Keep the last bytes for the end check.
-        self.tail.extend_from_slice(&chunk[chunk.len().saturating_sub(16)..]);
-        let excess = self.tail.len().saturating_sub(16);
-        self.tail.drain(..excess);
-        if self.sized {
-            return Ok(());
+        // The size is checked before the structure, so that a pixel bomb is named as one.
+        let walking = self.walker.is_some();
+        if !self.sized {
+            self.read_header(chunk)?;
         }
+        match &mut self.walker {
+            Some(walker) if walking => walker.feed(chunk),
+            _ => Ok(()),
+        }
+    }
+
+    fn read_header(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         let room = HEADER_LIMIT.saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if self.kind.is_none() && self.head.len() >= SNIFF_LEN {
-            self.kind = Some(sniff(&self.head).ok_or(ImageError::NotAnImage)?);
+            let kind = sniff(&self.head).ok_or(ImageError::NotAnImage)?;
+            self.kind = Some(kind);
+            if let Ok(size) = imagesize::blob_size(&self.head) {
+                self.check_size(size)?;
+            }
+            // The type is known within the first chunks, long before the head is full: the
+            // walker starts from the first byte.
+            let mut walker = structure::Walker::new(kind);
+            walker.feed(&self.head)?;
+            walker.feed(&chunk[chunk.len().min(room)..])?;
+            self.walker = Some(walker);
         }
-        if self.kind.is_some() {
+        if self.kind.is_some() && !self.sized {
             if let Ok(size) = imagesize::blob_size(&self.head) {
                 self.check_size(size)?;
             } else if self.head.len() >= HEADER_LIMIT {
                 return Err(ImageError::BadHeader);
             }
+        }
+        if self.sized {
+            self.head = Vec::new();
         }
         Ok(())
     }
@@ -129,12 +155,27 @@ impl Inspector {
             });
         }
         self.sized = true;
-        self.head = Vec::new();
         Ok(())
     }
 
-    /// After the last chunk: the type, once the header and the end are checked.
-    pub fn finish(self) -> Result<Kind, ImageError> {
+    /// After the last chunk, with the bytes written to `file`: the type, once the header and the
+    /// structure are checked (TIFF's from the file, as its directories may be anywhere in it).
+    pub async fn finish_file(self, file: &Path) -> Result<Kind, ImageError> {
+        let kind = self.finish_stream()?;
+        if kind == Kind::Tiff {
+            let file = file.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(file).map_err(|_| ImageError::BadEnd)?;
+                check_tiff(std::io::BufReader::new(f))
+            })
+            .await
+            .map_err(|_| ImageError::BadEnd)??;
+        }
+        Ok(kind)
+    }
+
+    /// The checks that need no file: header read, JPEG and PNG structure ended.
+    fn finish_stream(self) -> Result<Kind, ImageError> {
         let kind = match self.kind {
             Some(k) => k,
             None => sniff(&self.head).ok_or(ImageError::NotAnImage)?,
@@ -142,27 +183,9 @@ impl Inspector {
         if !self.sized {
             return Err(ImageError::BadHeader);
         }
-        let ends_well = match kind {
-            // End Of Image; some writers pad with zeros after it.
-            Kind::Jpeg => {
-                let trimmed = self
-                    .tail
-                    .iter()
-                    .rposition(|b| *b != 0)
-                    .map_or(&[][..], |i| &self.tail[..=i]);
-                trimmed.ends_with(&[0xFF, 0xD9])
-            }
-            // The IEND chunk, with its CRC.
-            Kind::Png => self
-                .tail
-                .ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]),
-            // TIFF has no end marker; its data is found through offsets.
-            Kind::Tiff => true,
-        };
-        if ends_well {
-            Ok(kind)
-        } else {
-            Err(ImageError::BadEnd)
+        match self.walker {
+            Some(w) if w.ended() => Ok(kind),
+            _ => Err(ImageError::BadEnd),
         }
     }
 }

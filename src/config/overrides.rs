@@ -4,6 +4,13 @@
 use super::Config;
 use toml::{Table, Value};
 
+/// Variables of the `MESHROOM_SVC_` family that are not settings: the secrets.
+pub(super) const SECRET_VARS: [&str; 3] = [
+    "MESHROOM_SVC_API_KEYS",
+    "MESHROOM_SVC_WEBHOOK_SECRET",
+    "MESHROOM_SVC_AMQP_URL",
+];
+
 /// Returns the file's table with environment overrides applied; pushes every problem found.
 pub(super) fn merge(mut file: Table, env: &[(String, String)], problems: &mut Vec<String>) -> Table {
     let defaults = match Value::try_from(Config::default()) {
@@ -11,6 +18,23 @@ pub(super) fn merge(mut file: Table, env: &[(String, String)], problems: &mut Ve
         _ => unreachable!("Config serializes to a table"),
     };
     check_against_defaults(&mut file, &defaults, problems);
+    // A misspelt variable would otherwise be ignored without a word, like an unknown key would not.
+    for (name, _) in env {
+        if !name.starts_with("MESHROOM_SVC_") {
+            continue;
+        }
+        let known = SECRET_VARS.contains(&name.as_str())
+            || defaults.iter().any(|(section, keys)| {
+                let Value::Table(keys) = keys else { return false };
+                keys.keys()
+                    .any(|key| format!("MESHROOM_SVC_{section}_{key}").to_uppercase() == *name)
+            });
+        if !known {
+            problems.push(format!(
+                "{name}: no such setting (settings are MESHROOM_SVC_<SECTION>_<KEY>, see meshroom.toml)"
+            ));
+        }
+    }
     for (section, keys) in &defaults {
         let Value::Table(keys) = keys else { continue };
         for (key, default) in keys {

@@ -15,6 +15,10 @@ pub struct ServerConfig {
     pub max_json_bytes: u64,
     /// Preset for jobs that name none; empty: `default` where GPUs are available, else `draft`.
     pub default_pipeline: String,
+    /// A request body that sends nothing for this long is answered 408 and dropped, seconds.
+    pub body_timeout_secs: u64,
+    /// Whether `/metrics` answers without an API key.
+    pub metrics_public: bool,
 }
 
 /// `[limits]`
@@ -29,6 +33,8 @@ pub struct LimitsConfig {
     pub max_total_bytes: u64,
     /// Most pixels in one image (width × height from its header), against decompression bombs.
     pub max_image_pixels: u64,
+    /// Largest `metadata` of a job, bytes of JSON (it is returned with every read of the job).
+    pub max_metadata_bytes: u64,
 }
 
 /// `[engine]`
@@ -69,6 +75,8 @@ pub struct WorkerConfig {
     pub retry_delay_ms: u64,
     /// Finished jobs and their files are deleted this many seconds after they end (0 = never).
     pub retention_secs: u64,
+    /// A worker takes no new job while its data folder has less free space than this, bytes (0 = no check).
+    pub min_free_bytes: u64,
 }
 
 /// `[webhook]`
@@ -178,6 +186,8 @@ impl Default for ServerConfig {
             data_dir: "./data".into(),
             max_json_bytes: 1 << 20,
             default_pipeline: String::new(),
+            body_timeout_secs: 60,
+            metrics_public: true,
         }
     }
 }
@@ -189,6 +199,7 @@ impl Default for LimitsConfig {
             max_image_bytes: 100 << 20,
             max_total_bytes: 10 << 30,
             max_image_pixels: 250_000_000,
+            max_metadata_bytes: 16 << 10,
         }
     }
 }
@@ -217,6 +228,7 @@ impl Default for WorkerConfig {
             retries: 3,
             retry_delay_ms: 1000,
             retention_secs: 7 * 24 * 3600,
+            min_free_bytes: 4 << 30,
         }
     }
 }

@@ -18,7 +18,10 @@ mod jobs;
 mod meta;
 mod multipart;
 mod openapi;
+mod staging;
 mod submit;
+
+pub use staging::spawn_sweep as spawn_staging_sweep;
 
 /// An API error: an HTTP status and the `{message, code}` shape.
 #[derive(Debug)]
@@ -90,6 +93,16 @@ impl From<StoreError> for ApiError {
             "storage_unavailable",
             "job storage is unavailable; try again",
         )
+    }
+}
+
+/// Client text as quoted in an error message: at most 100 characters, so that an answer never
+/// echoes a large field back.
+pub(crate) fn quote(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_string(),
     }
 }
 

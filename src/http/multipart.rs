@@ -8,26 +8,47 @@ use crate::images;
 use crate::jobs::Upload;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
-use futures_util::StreamExt;
+use super::staging::next_within;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// Reads the form; image files are streamed to `staging` and checked as they arrive.
+/// Longest image URL, bytes: real URLs, signed ones included, fit with room to spare.
+pub(super) const MAX_URL_BYTES: usize = 8 << 10;
+
+/// Reads the form; image files are streamed to `staging` and checked as they arrive. Every limit
+/// holds while the form streams: nothing is held in memory beyond `server.max_json_bytes` of text.
 pub(super) async fn read_multipart(
     app: &App,
     mut form: Multipart,
     staging: &std::path::Path,
 ) -> Result<(SubmitRequest, Vec<(Upload, PathBuf)>), ApiError> {
     let limits = &app.config.limits;
-    let bad = |e: actix_multipart::MultipartError| ApiError::bad_request("invalid_multipart", e.to_string());
+    let idle = Duration::from_secs(app.config.server.body_timeout_secs);
     let mut request = SubmitRequest::default();
     let mut uploads: Vec<(Upload, PathBuf)> = Vec::new();
     let mut total = 0u64;
-    while let Some(field) = form.next().await {
-        let mut field = field.map_err(bad)?;
+    // Text parts share the JSON body's budget, so a form cannot hold more in memory than a JSON submit.
+    let mut text_left = app.config.server.max_json_bytes as usize;
+    while let Some(field) = next_within(&mut form, idle).await.map_err(|_| body_timeout(idle))? {
+        let mut field = field.map_err(bad_multipart)?;
         let name = field.name().unwrap_or("").to_string();
         if name != "images" {
-            let text = read_text_field(&mut field, app.config.server.max_json_bytes as usize).await?;
+            let is_url = name == "image_urls";
+            if is_url && uploads.len() + request.image_urls.len() >= limits.max_images as usize {
+                return Err(too_many(limits.max_images));
+            }
+            let max = if is_url { text_left.min(MAX_URL_BYTES) } else { text_left };
+            let text = read_text_field(&mut field, max, idle).await.map_err(|e| match e {
+                TextError::TooLong if is_url && max == MAX_URL_BYTES => url_too_long(),
+                TextError::TooLong => too_large(
+                    "payload_too_large",
+                    "server.max_json_bytes, for all text parts",
+                    app.config.server.max_json_bytes,
+                ),
+                TextError::Api(e) => e,
+            })?;
+            text_left -= text.len();
             set_field(&mut request, &name, text)?;
             continue;
         }
@@ -44,8 +65,8 @@ pub(super) async fn read_multipart(
         let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
         let (mut size, mut inspector) = (0u64, images::Inspector::new(limits.max_image_pixels));
         let refused = |e: images::ImageError| image_error(&original, e);
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(bad)?;
+        while let Some(chunk) = next_within(&mut field, idle).await.map_err(|_| body_timeout(idle))? {
+            let chunk = chunk.map_err(bad_multipart)?;
             size += chunk.len() as u64;
             total += chunk.len() as u64;
             if size > limits.max_image_bytes {
@@ -66,7 +87,8 @@ pub(super) async fn read_multipart(
             file.write_all(&chunk).await.map_err(staging_error)?;
         }
         file.flush().await.map_err(staging_error)?;
-        let kind = inspector.finish().map_err(refused)?;
+        drop(file);
+        let kind = inspector.finish_file(&path).await.map_err(refused)?;
         let upload = Upload {
             name: images::file_name(uploads.len(), &original, kind),
             size,
@@ -76,16 +98,50 @@ pub(super) async fn read_multipart(
     Ok((request, uploads))
 }
 
-async fn read_text_field(field: &mut actix_multipart::Field, max: usize) -> Result<String, ApiError> {
+enum TextError {
+    TooLong,
+    Api(ApiError),
+}
+
+/// A text part, refused as soon as it passes `max` bytes.
+async fn read_text_field(field: &mut actix_multipart::Field, max: usize, idle: Duration) -> Result<String, TextError> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+    while let Some(chunk) = next_within(field, idle)
+        .await
+        .map_err(|_| TextError::Api(body_timeout(idle)))?
+    {
+        let chunk = chunk.map_err(|e| TextError::Api(bad_multipart(e)))?;
         if bytes.len() + chunk.len() > max {
-            return Err(too_large("payload_too_large", "server.max_json_bytes", max as u64));
+            return Err(TextError::TooLong);
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| ApiError::bad_request("invalid_multipart", "form fields must be UTF-8"))
+    String::from_utf8(bytes)
+        .map_err(|_| TextError::Api(ApiError::bad_request("invalid_multipart", "form fields must be UTF-8")))
+}
+
+fn bad_multipart(e: actix_multipart::MultipartError) -> ApiError {
+    ApiError::bad_request("invalid_multipart", e.to_string())
+}
+
+/// 408: the client stopped sending in the middle of its request.
+pub(super) fn body_timeout(idle: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body stalled for {} s (server.body_timeout_secs)",
+            idle.as_secs()
+        ),
+    )
+}
+
+/// 400 for an image URL over [`MAX_URL_BYTES`].
+pub(super) fn url_too_long() -> ApiError {
+    ApiError::bad_request(
+        "invalid_image_url",
+        format!("an image URL is at most {MAX_URL_BYTES} bytes"),
+    )
 }
 
 fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
@@ -107,7 +163,7 @@ fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<()
         other => {
             return Err(ApiError::bad_request(
                 "unknown_field",
-                format!("unknown form field '{other}'"),
+                format!("unknown form field '{}'", super::quote(other)),
             ))
         }
     }
@@ -146,5 +202,5 @@ fn image_error(name: &str, e: images::ImageError) -> ApiError {
         images::ImageError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
     };
-    ApiError::new(status, e.code(), format!("'{name}': {e}"))
+    ApiError::new(status, e.code(), format!("'{}': {e}", super::quote(name)))
 }

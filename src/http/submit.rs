@@ -1,14 +1,14 @@
 //! `POST /jobs` (and its alias `POST /reconstruct`): JSON with image URLs, or multipart with the
 //! images streamed to disk as they arrive, checked against the limits before they are kept.
 
-use super::{multipart, ApiError};
+use super::staging::{next_within, Staging};
+use super::{multipart, quote, ApiError};
 use crate::app::App;
 use crate::jobs::{Job, Upload};
 use crate::pipelines::PipelineError;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,15 +91,12 @@ pub(super) async fn submit(
         .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let mut job = Job::new(String::new(), 0);
+    // Removed however this request ends, a client reset included (see `staging`).
+    let staging = Staging::new(app.tmp_dir().join(job.id.to_string()));
     let (request, uploads) = match mime.as_str() {
         "application/json" => (read_json(&app, payload).await?, Vec::new()),
         "multipart/form-data" => {
-            let staging = app.tmp_dir().join(job.id.to_string());
-            let result = multipart::read_multipart(&app, Multipart::new(req.headers(), payload), &staging).await;
-            if result.is_err() {
-                let _ = tokio::fs::remove_dir_all(&staging).await;
-            }
-            result?
+            multipart::read_multipart(&app, Multipart::new(req.headers(), payload), staging.dir()).await?
         }
         _ => {
             return Err(ApiError::new(
@@ -110,16 +107,12 @@ pub(super) async fn submit(
         }
     };
     let staged: Vec<PathBuf> = uploads.iter().map(|(_, p)| p.clone()).collect();
-    let filled = fill_job(
+    fill_job(
         &app,
         &mut job,
         request,
         uploads.iter().map(|(u, _)| u.clone()).collect(),
-    );
-    if let Err(e) = filled {
-        let _ = tokio::fs::remove_dir_all(app.tmp_dir().join(job.id.to_string())).await;
-        return Err(e);
-    }
+    )?;
     job.idempotency_key = idempotency_key;
     // Inputs first, record last: a crash in between leaves inputs that no record names (unlisted,
     // never run), and never a job whose inputs are missing.
@@ -136,7 +129,7 @@ pub(super) async fn submit(
                 )
             })?;
     }
-    let _ = tokio::fs::remove_dir_all(app.tmp_dir().join(job.id.to_string())).await;
+    drop(staging);
     let new_id = job.id;
     let (stored, queued) = if job.idempotency_key.is_none() {
         // Stored and queued at once: the answer waits for the slower of the two, not their sum,
@@ -194,8 +187,12 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 
 async fn read_json(app: &App, mut payload: web::Payload) -> Result<SubmitRequest, ApiError> {
     let max = app.config.server.max_json_bytes as usize;
+    let idle = std::time::Duration::from_secs(app.config.server.body_timeout_secs);
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    while let Some(chunk) = next_within(&mut payload, idle)
+        .await
+        .map_err(|_| multipart::body_timeout(idle))?
+    {
         let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
         if body.len() + chunk.len() > max {
             return Err(ApiError::new(
@@ -223,9 +220,18 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         return Err(multipart::too_many(limits.max_images));
     }
     for url in &req.image_urls {
+        if url.len() > multipart::MAX_URL_BYTES {
+            return Err(multipart::url_too_long());
+        }
         check_url(app, url, "invalid_image_url")?;
     }
     if let Some(url) = &req.callback_url {
+        if url.len() > multipart::MAX_URL_BYTES {
+            return Err(ApiError::bad_request(
+                "invalid_callback_url",
+                format!("a callback URL is at most {} bytes", multipart::MAX_URL_BYTES),
+            ));
+        }
         check_url(app, url, "invalid_callback_url")?;
     }
     let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
@@ -233,7 +239,8 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         return Err(ApiError::bad_request(
             "unknown_pipeline",
             format!(
-                "no pipeline '{pipeline}'; available: {}",
+                "no pipeline '{}'; available: {}",
+                quote(&pipeline),
                 app.pipelines.names().join(", ")
             ),
         ));
@@ -254,7 +261,7 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_param",
-                    format!("parameter '{k}' must be a string, number or boolean"),
+                    format!("parameter '{}' must be a string, number or boolean", quote(&k)),
                 ))
             }
         };
@@ -288,13 +295,13 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
 
 /// An http(s) URL whose host the egress policy allows (names are checked again when resolved).
 fn check_url(app: &App, url: &str, code: &str) -> Result<(), ApiError> {
-    let bad = || ApiError::bad_request(code, format!("'{url}' is not an http or https URL"));
+    let bad = || ApiError::bad_request(code, format!("'{}' is not an http or https URL", quote(url)));
     let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
     match app.egress.check(&parsed) {
         Ok(()) => Ok(()),
         Err(crate::egress::Blocked::Internal(why)) => Err(ApiError::bad_request(
             "url_not_allowed",
-            format!("'{url}' reaches {why}"),
+            format!("'{}' reaches {why}", quote(url)),
         )),
         Err(_) => Err(bad()),
     }

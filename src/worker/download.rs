@@ -174,7 +174,8 @@ async fn fetch_counted(
         file.write_all(&chunk).await.map_err(io)?;
     }
     file.flush().await.map_err(io)?;
-    let kind = inspector.finish().map_err(refused)?;
+    drop(file);
+    let kind = inspector.finish_file(&partial).await.map_err(refused)?;
     tokio::fs::rename(&partial, dir.join(images::file_name(index, &name_hint, kind)))
         .await
         .map_err(io)?;
