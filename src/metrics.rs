@@ -22,6 +22,8 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Jobs waiting in the queue, as last read.
     pub queue_depth: IntGauge,
+    /// 1 while this worker takes no job for lack of disk space (`worker.min_free_bytes`).
+    pub low_disk: IntGauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,11 @@ impl Default for Metrics {
         )
         .unwrap();
         let queue_depth = IntGauge::new("queue_depth", "Jobs waiting in the queue").unwrap();
+        let low_disk = IntGauge::new(
+            "worker_low_disk",
+            "1 while this worker takes no job: its data folder has less free space than worker.min_free_bytes",
+        )
+        .unwrap();
         for c in [
             Box::new(submitted.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(running.clone()),
@@ -73,6 +80,7 @@ impl Default for Metrics {
             Box::new(engine_gap_seconds.clone()),
             Box::new(webhook_attempts.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(low_disk.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("unique metric names");
@@ -86,6 +94,7 @@ impl Default for Metrics {
             engine_gap_seconds,
             webhook_attempts,
             queue_depth,
+            low_disk,
         }
     }
 }

@@ -173,6 +173,20 @@ pub async fn list_gpus() -> Vec<u32> {
     }
 }
 
+/// Whether `python` can find the `module` (without importing it: Open3D takes seconds to load).
+/// False when the program is missing, fails or takes over 10 s.
+pub async fn python_has_module(python: &str, module: &str) -> bool {
+    let probe = format!("import importlib.util, sys; sys.exit(importlib.util.find_spec('{module}') is None)");
+    let run = Command::new(python)
+        .args(["-c", &probe])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    matches!(tokio::time::timeout(Duration::from_secs(10), run).await, Ok(Ok(s)) if s.success())
+}
+
 /// Live processes of a job: those carrying its marker, and the descendants of `root`.
 pub fn job_pids(job: Uuid, root: Option<u32>) -> Vec<i32> {
     marked_pids(&format!("{JOB_ENV}={job}"), root)

@@ -78,11 +78,13 @@ pub struct App {
     /// Prometheus metrics of this process.
     pub metrics: crate::metrics::Metrics,
     owner: String,
+    /// Whether COLMAP jobs can be meshed, and with which Python (for `/ready`).
+    mesher: String,
 }
 
 impl App {
     /// Opens storage, presets and the queue for a role.
-    pub async fn open(config: Config, gpus: Vec<u32>, role: Role) -> Result<Arc<App>, StartError> {
+    pub async fn open(mut config: Config, gpus: Vec<u32>, role: Role) -> Result<Arc<App>, StartError> {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir).map_err(|e| StartError::Bind(data_dir.display().to_string(), e))?;
         let owner = std::fs::canonicalize(data_dir)
@@ -101,6 +103,14 @@ impl App {
                 "server.default_pipeline: no preset '{default}' ({known})"
             )));
         }
+        let mesher = match role {
+            Role::Serve => "not used: serve runs no engine".to_string(),
+            _ => {
+                let (python, mesher) = crate::engine::colmap::resolve_mesher(&config.engine.python).await;
+                config.engine.python = python;
+                mesher
+            }
+        };
         let metrics = crate::metrics::Metrics::default();
         let egress = crate::egress::Egress::new(&config.security.allowed_networks).map_err(StartError::Refused)?;
         let webhooks = Webhooks::new(
@@ -151,6 +161,7 @@ impl App {
             shutdown,
             metrics,
             owner,
+            mesher,
             config,
         }))
     }
@@ -158,6 +169,11 @@ impl App {
     /// Folder for a job's working files.
     pub fn work_dir(&self, id: Uuid) -> PathBuf {
         self.config.server.data_dir.join("work").join(id.to_string())
+    }
+
+    /// Whether COLMAP's points can be meshed here: `ok: ...`, `off: ...` or `warning: ...`.
+    pub fn mesher(&self) -> &str {
+        &self.mesher
     }
 
     /// This worker's owner marker: its data folder, as an absolute path.

@@ -57,6 +57,14 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running,
     }
     let listener = bind(listen)?;
     let app = App::open(config, gpus, Role::AllInOne).await?;
+    if app.pipelines.get(app.default_pipeline()).is_some_and(|p| p.gpu) && !app.gpu_available() {
+        return Err(StartError::Refused(format!(
+            "server.default_pipeline = \"{}\" needs a GPU and this process has none (--gpu none, or \
+             none found): every job naming no pipeline would be refused. Use a CPU preset (draft, \
+             colmap-sparse) or give --gpu",
+            app.default_pipeline()
+        )));
+    }
     warn_about_setup(&app);
     if matches!(*app.queue, Queue::Local(_)) {
         app.recover().await?;
@@ -82,6 +90,13 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Run
     let listener = if ops { Some(bind(config.listen_addr())?) } else { None };
     let app = App::open(config, gpus, Role::Work).await?;
     warn_about_setup(&app);
+    let default = &app.config.server.default_pipeline;
+    if app.gpus.is_empty() && app.pipelines.get(default).is_some_and(|p| p.gpu) {
+        log::warn!(
+            "server.default_pipeline = \"{default}\" needs a GPU, and this worker has none: it takes CPU \
+             jobs only, so such jobs wait for a `work --gpu N` node"
+        );
+    }
     let mut tasks = worker::start(&app).await;
     tasks.extend(start_common(&app));
     log::info!(
@@ -125,6 +140,8 @@ fn bind(listen: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) -> Result<Running, StartError> {
+    // Uploads clean up after themselves; the sweep catches what a panic could leave.
+    http::spawn_staging_sweep(app.tmp_dir(), Duration::from_secs(60), app.shutdown.clone());
     let addr = listener.local_addr().map_err(|e| StartError::Bind("?".into(), e))?;
     let server = http::server(app.clone(), listener).map_err(|e| StartError::Bind(addr.to_string(), e))?;
     log::info!(

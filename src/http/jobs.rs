@@ -17,7 +17,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(list))
             .route(web::post().to(submit::submit)),
     )
-    .service(resource("/reconstruct", "POST").route(web::post().to(submit::submit)))
+    .service(resource("/reconstruct", "POST").route(web::post().to(submit::reconstruct)))
     .service(
         resource("/jobs/{id}", "GET, DELETE")
             .route(web::get().to(get))
@@ -53,6 +53,19 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
+    /// `full` (default), or `summary`: `image_urls`, `uploads`, `params`, `metadata`, `results`
+    /// and `log_tail` left empty, so that a page stays small; GET the job for them.
+    view: Option<View>,
+}
+
+/// How much of each job a list page carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum View {
+    /// Every field.
+    Full,
+    /// The lifecycle fields only.
+    Summary,
 }
 
 /// A page of jobs, newest first.
@@ -72,7 +85,17 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", "limit must be 1 to 100"));
     }
-    let (jobs, next_cursor) = app.store.list(q.status, limit, q.cursor).await?;
+    let (mut jobs, next_cursor) = app.store.list(q.status, limit, q.cursor).await?;
+    if q.view == Some(View::Summary) {
+        for job in &mut jobs {
+            job.image_urls = Vec::new();
+            job.uploads = Vec::new();
+            job.params = Default::default();
+            job.metadata = None;
+            job.results = Vec::new();
+            job.log_tail = None;
+        }
+    }
     Ok(HttpResponse::Ok().json(JobPage { jobs, next_cursor }))
 }
 
@@ -204,10 +227,11 @@ pub(super) async fn file(
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
     }
     let local = app.storage.local_path(&key).ok_or_else(not_found)?;
-    let file = actix_files::NamedFile::open_async(local)
-        .await
-        .map_err(|_| not_found())?;
-    Ok(file.use_last_modified(true).into_response(&req))
+    match super::files::respond(&req, &local).await {
+        Ok(resp) => Ok(resp),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
+        Err(source) => Err(crate::jobs::StoreError::from(crate::storage::StorageError::Io { key, source }).into()),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/log", tag = "jobs", params(("id" = String, Path, description = "Job id")),

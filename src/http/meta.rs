@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::engine;
 use crate::pipelines::Engine;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,8 +39,14 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
         true => "ok".to_string(),
         false => "error: the message broker is unreachable; reconnecting".to_string(),
     };
-    let ok = [&storage, &engine, &queue].iter().all(|s| s.starts_with("ok"));
-    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {"storage": storage, "queue": queue, "engine": engine}});
+    let disk = match crate::worker::disk_check(&app) {
+        Ok(line) => line,
+        Err(why) => format!("error: {why}"),
+    };
+    let ok = [&storage, &engine, &queue, &disk].iter().all(|s| s.starts_with("ok"));
+    // Meshing is optional (COLMAP jobs still succeed without it): reported, never a reason to be unready.
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {
+        "storage": storage, "queue": queue, "engine": engine, "disk": disk, "mesher": app.mesher()}});
     if ok {
         HttpResponse::Ok().json(body)
     } else {
@@ -69,13 +75,17 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "service",
-    responses((status = 200, description = "Prometheus metrics of this process", content_type = "text/plain")))]
-pub(super) async fn metrics(app: web::Data<App>) -> HttpResponse {
+    responses((status = 200, description = "Prometheus metrics of this process", content_type = "text/plain"),
+        (status = 401, description = "server.metrics_public = false and no valid X-API-Key", body = super::ErrorBody)))]
+pub(super) async fn metrics(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, super::ApiError> {
+    if !app.config.server.metrics_public {
+        super::check_api_key(&app, &req)?;
+    }
     if let Some(depth) = app.queue.depth().await {
         app.metrics.queue_depth.set(depth as i64);
     }
     app.metrics.running.set(app.running.lock().expect("lock").len() as i64);
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(app.metrics.render())
+        .body(app.metrics.render()))
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
+mod files;
 mod jobs;
 mod meta;
 mod multipart;
@@ -111,6 +112,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
     let data = web::Data::from(app);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(from_fn(head_as_get))
             .app_data(data.clone())
             .app_data(
                 web::QueryConfig::default()
@@ -141,6 +143,7 @@ pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix
     let data = web::Data::from(app);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
+            .wrap(from_fn(head_as_get))
             .app_data(data.clone())
             .configure(meta::configure)
             .default_service(web::to(|| async {
@@ -159,22 +162,40 @@ pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix
     Ok(server)
 }
 
-/// A route taking the methods in `allow` (e.g. `"GET, POST"`); others answer 405 with the error
-/// shape and an `Allow` header.
+/// A route taking the methods in `allow` (e.g. `"GET, POST"`; HEAD goes with GET); others answer
+/// 405 with the error shape and an `Allow` header.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        let mut resp = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("this route takes {allow}"),
-        )
-        .error_response();
-        resp.headers_mut().insert(
-            actix_web::http::header::ALLOW,
-            actix_web::http::header::HeaderValue::from_static(allow),
-        );
-        resp
+    let allow = match allow.contains("GET") {
+        true => format!("{allow}, HEAD"),
+        false => allow.to_string(),
+    };
+    web::resource(path).default_service(web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let mut resp = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this route takes {allow}"),
+            )
+            .error_response();
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(actix_web::http::header::ALLOW, value);
+            }
+            resp
+        }
     }))
+}
+
+/// HEAD is GET without the body (RFC 9110 §9.3.2): routed as GET; actix's HTTP layer remembers
+/// the request was HEAD and sends the headers, Content-Length included, without the body.
+async fn head_as_get(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+    }
+    next.call(req).await
 }
 
 /// Rejects requests without a configured `X-API-Key` (when any key is configured).
@@ -183,21 +204,27 @@ async fn require_api_key(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let app = req.app_data::<web::Data<App>>().expect("app data").clone();
-    let keys = &app.config.secrets.api_keys;
-    if !keys.is_empty() {
-        let Some(given) = req.headers().get("x-api-key") else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_api_key", "send an X-API-Key header").into());
-        };
-        if !key_matches(keys, given.as_bytes()) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "the X-API-Key is not valid",
-            )
-            .into());
-        }
-    }
+    check_api_key(&app, req.request())?;
     next.call(req).await
+}
+
+/// Ok when no key is configured or the request carries a configured `X-API-Key`.
+fn check_api_key(app: &App, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    let keys = &app.config.secrets.api_keys;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let Some(given) = req.headers().get("x-api-key") else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_api_key", "send an X-API-Key header"));
+    };
+    if !key_matches(keys, given.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "the X-API-Key is not valid",
+        ));
+    }
+    Ok(())
 }
 
 /// Compares digests in constant time against every key, so neither the match nor its position

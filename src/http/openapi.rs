@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "meshroom-svc", description = "Photogrammetry jobs: photos in, 3D models out."),
     paths(
-        super::submit::submit, super::jobs::get, super::jobs::list, super::jobs::cancel, super::jobs::retry,
+        super::submit::submit, super::submit::reconstruct, super::jobs::get, super::jobs::list, super::jobs::cancel, super::jobs::retry,
         super::jobs::delete, super::jobs::file, super::jobs::log_tail,
         super::meta::health, super::meta::ready, super::meta::root, super::meta::metrics,
     ),

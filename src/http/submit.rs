@@ -69,6 +69,7 @@ pub struct SubmitForm {
     responses(
         (status = 202, description = "Accepted and stored", body = Job),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 408, body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody), (status = 503, body = super::ErrorBody),
     ),
@@ -163,6 +164,24 @@ pub(super) async fn submit(
     Ok(accepted(&stored, false))
 }
 
+/// `POST /api/v1/reconstruct`: the same as `POST /api/v1/jobs`, under the name some clients know.
+#[utoipa::path(post, path = "/api/v1/reconstruct", tag = "jobs",
+    request_body(content((SubmitRequest = "application/json"), (SubmitForm = "multipart/form-data"))),
+    params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /api/v1/jobs")),
+    responses((status = 202, description = "As for POST /api/v1/jobs", body = Job),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
+        (status = 408, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 415, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn reconstruct(
+    app: web::Data<App>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    submit(app, req, payload).await
+}
+
 fn accepted(job: &Job, replayed: bool) -> HttpResponse {
     let mut resp = HttpResponse::Accepted();
     resp.insert_header(("location", format!("/api/v1/jobs/{}", job.id)));
@@ -233,6 +252,19 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
             ));
         }
         check_url(app, url, "invalid_callback_url")?;
+    }
+    if let Some(metadata) = &req.metadata {
+        let size = serde_json::to_vec(metadata).map_or(0, |v| v.len()) as u64;
+        if size > limits.max_metadata_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "metadata_too_large",
+                format!(
+                    "metadata is {size} bytes of JSON, over limits.max_metadata_bytes ({})",
+                    limits.max_metadata_bytes
+                ),
+            ));
+        }
     }
     let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
     let Some(preset) = app.pipelines.get(&pipeline) else {

@@ -58,13 +58,73 @@ pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
                     gpu,
                     engine_ended: None,
                 };
-                while let Some(taken) = app.queue.take(&app.shutdown).await {
+                loop {
+                    // Checked before taking a job (the in-process queue keeps it), and after (a
+                    // broker may have delivered it ahead: it goes back for other workers).
+                    if !wait_for_disk(&app).await {
+                        return;
+                    }
+                    let Some(taken) = app.queue.take(&app.shutdown).await else { return };
+                    if disk_check(&app).is_err() {
+                        app.queue.settle(taken, Settle::Requeue).await;
+                        continue;
+                    }
                     let how = process(&app, taken.id, &mut slot).await;
                     app.queue.settle(taken, how).await;
                 }
             })
         })
         .collect()
+}
+
+/// Free space in the data folder against `worker.min_free_bytes`: a line for `/ready`, or why
+/// this worker takes no job.
+pub fn disk_check(app: &App) -> Result<String, String> {
+    let min = app.config.worker.min_free_bytes;
+    let dir = &app.config.server.data_dir;
+    if min == 0 {
+        return Ok("ok: not checked (worker.min_free_bytes = 0)".into());
+    }
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))?;
+    if free < min {
+        return Err(format!(
+            "{} has {} MiB free, under worker.min_free_bytes ({} MiB): no new job is taken",
+            dir.display(),
+            free >> 20,
+            min >> 20
+        ));
+    }
+    Ok(format!("ok: {} MiB free", free >> 20))
+}
+
+/// Waits until the data folder has room for a job (logging once when it has not); false once the
+/// process stops.
+async fn wait_for_disk(app: &App) -> bool {
+    let mut said = false;
+    loop {
+        match disk_check(app) {
+            Ok(_) => {
+                if said {
+                    log::info!("disk space is back: taking jobs again");
+                }
+                app.metrics.low_disk.set(0);
+                return true;
+            }
+            Err(why) => {
+                if !said {
+                    log::warn!("{why}");
+                    said = true;
+                }
+                app.metrics.low_disk.set(1);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = app.shutdown.cancelled() => return false,
+        }
+    }
 }
 
 /// A worker slot: its GPU, and when its last engine run ended (for the engine gap metric).

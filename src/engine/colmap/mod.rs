@@ -251,3 +251,30 @@ fn progress(index: usize, within: f32) -> Progress {
         node_count: Some(STAGES.len() as u32),
     }
 }
+
+/// Which Python meshes COLMAP's points: the configured one when it has Open3D, else Debian's
+/// `/usr/bin/python3` when that one has it (a pyenv, conda or venv Python often comes first on
+/// PATH). Returns the Python to use and a line for `/ready`.
+pub async fn resolve_mesher(configured: &str) -> (String, String) {
+    const SYSTEM: &str = "/usr/bin/python3";
+    if configured.is_empty() {
+        return (String::new(), "off: engine.python is empty, COLMAP jobs give no mesh".into());
+    }
+    if crate::process::python_has_module(configured, "open3d").await {
+        return (configured.into(), format!("ok: {configured} has open3d"));
+    }
+    if configured != SYSTEM && crate::process::python_has_module(SYSTEM, "open3d").await {
+        log::warn!(
+            "engine.python '{configured}' cannot import open3d; meshing with {SYSTEM}, which can \
+             (set engine.python = \"{SYSTEM}\" to say so)"
+        );
+        return (SYSTEM.into(), format!("ok: {SYSTEM} has open3d ('{configured}' has not)"));
+    }
+    let why = format!(
+        "engine.python '{configured}' cannot import open3d: COLMAP jobs give no mesh (\"mesh\": false). \
+         Install it (Debian: apt-get install python3-open3d, then engine.python = \"{SYSTEM}\"; \
+         or pip install open3d into that Python)"
+    );
+    log::warn!("{why}");
+    (configured.into(), format!("warning: {why}"))
+}
