@@ -6,6 +6,7 @@ mod colmap;
 mod deploy;
 mod distributed;
 mod faults;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod procs;
