@@ -149,7 +149,8 @@ impl Config {
             }
         }
         if self.limits.max_image_bytes > self.limits.max_total_bytes {
-            problems.push("limits.max_image_bytes: larger than limits.max_total_bytes, which caps a job's images".into());
+            problems
+                .push("limits.max_image_bytes: larger than limits.max_total_bytes, which caps a job's images".into());
         }
         if self.storage.kind == StorageKind::S3 {
             if self.storage.bucket.is_empty() {
@@ -231,6 +232,21 @@ mod tests {
         // meshroom.toml documents every key with its default: loading it must change nothing.
         let text = include_str!("../meshroom.toml");
         assert_eq!(Config::from_parts(text, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        let Ok(toml::Value::Table(sections)) = toml::Value::try_from(Config::default()) else {
+            unreachable!("Config serializes to a table")
+        };
+        for (section, keys) in sections {
+            let toml::Value::Table(keys) = keys else { continue };
+            for key in keys.keys() {
+                let row = format!("| `{section}.{key}` |");
+                assert!(readme.contains(&row), "README's configuration table lacks {row}");
+            }
+        }
     }
 
     #[test]

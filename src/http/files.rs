@@ -41,10 +41,8 @@ pub(super) async fn respond(req: &HttpRequest, path: &Path) -> std::io::Result<H
                         .finish());
                 };
                 (offset, length) = (*r.start(), r.end() - r.start() + 1);
-                resp.status(StatusCode::PARTIAL_CONTENT).insert_header((
-                    header::CONTENT_RANGE,
-                    format!("bytes {}-{}/{len}", r.start(), r.end()),
-                ));
+                resp.status(StatusCode::PARTIAL_CONTENT)
+                    .insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{len}", r.start(), r.end())));
             }
         }
     }
@@ -72,10 +70,9 @@ fn precondition(req: &HttpRequest, etag: &EntityTag, modified: SystemTime) -> Op
     }
     match req.get_header::<header::IfNoneMatch>() {
         Some(header::IfNoneMatch::Any) => Some(StatusCode::NOT_MODIFIED),
-        Some(header::IfNoneMatch::Items(tags)) => tags
-            .iter()
-            .any(|t| t.weak_eq(etag))
-            .then_some(StatusCode::NOT_MODIFIED),
+        Some(header::IfNoneMatch::Items(tags)) => {
+            tags.iter().any(|t| t.weak_eq(etag)).then_some(StatusCode::NOT_MODIFIED)
+        }
         None => match req.get_header::<header::IfModifiedSince>() {
             Some(header::IfModifiedSince(since)) if secs(modified) <= secs(since.into()) => {
                 Some(StatusCode::NOT_MODIFIED)

@@ -215,7 +215,11 @@ fn check_api_key(app: &App, req: &actix_web::HttpRequest) -> Result<(), ApiError
         return Ok(());
     }
     let Some(given) = req.headers().get("x-api-key") else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_api_key", "send an X-API-Key header"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "send an X-API-Key header",
+        ));
     };
     if !key_matches(keys, given.as_bytes()) {
         return Err(ApiError::new(

@@ -1,6 +1,7 @@
 //! Multipart submits: image parts streamed to a staging folder and checked (type by content,
 //! size and count limits) as the bytes arrive; the other parts are the fields of a JSON submit.
 
+use super::staging::next_within;
 use super::submit::SubmitRequest;
 use super::ApiError;
 use crate::app::App;
@@ -8,7 +9,6 @@ use crate::images;
 use crate::jobs::Upload;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
-use super::staging::next_within;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -38,7 +38,11 @@ pub(super) async fn read_multipart(
             if is_url && uploads.len() + request.image_urls.len() >= limits.max_images as usize {
                 return Err(too_many(limits.max_images));
             }
-            let max = if is_url { text_left.min(MAX_URL_BYTES) } else { text_left };
+            let max = if is_url {
+                text_left.min(MAX_URL_BYTES)
+            } else {
+                text_left
+            };
             let text = read_text_field(&mut field, max, idle).await.map_err(|e| match e {
                 TextError::TooLong if is_url && max == MAX_URL_BYTES => url_too_long(),
                 TextError::TooLong => too_large(

@@ -102,11 +102,7 @@ pub(super) async fn next_within<S: Stream + Unpin>(body: &mut S, idle: Duration)
 /// Whether a folder is registered as a request's own.
 #[cfg(test)]
 fn is_active(dir: &Path) -> bool {
-    ACTIVE
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|a| a.contains(dir))
+    ACTIVE.lock().unwrap().as_ref().is_some_and(|a| a.contains(dir))
 }
 
 #[cfg(test)]

@@ -190,7 +190,10 @@ enum PngState {
     Signature(usize),
     /// Length and type of the next chunk.
     Header([u8; 8], usize),
-    Data { left: usize, iend: bool },
+    Data {
+        left: usize,
+        iend: bool,
+    },
     Crc([u8; 4], usize, bool),
     /// After IEND's CRC: nothing may follow.
     Done,
@@ -369,7 +372,11 @@ impl<R: Read + Seek> Tiff<'_, R> {
         queue.push_back(self.u32(&entries[count as usize * 12..]) as u64);
         let (mut offsets, mut counts) = (Vec::new(), Vec::new());
         for entry in entries[..count as usize * 12].chunks_exact(12) {
-            let (tag, kind, n) = (self.u16(&entry[0..2]), self.u16(&entry[2..4]), self.u32(&entry[4..8]) as u64);
+            let (tag, kind, n) = (
+                self.u16(&entry[0..2]),
+                self.u16(&entry[2..4]),
+                self.u32(&entry[4..8]) as u64,
+            );
             // Unknown types are skipped, as the specification asks readers to.
             let Some(width) = type_width(kind) else { continue };
             let size = width.checked_mul(n).ok_or(ImageError::Corrupt)?;

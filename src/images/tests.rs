@@ -131,7 +131,7 @@ fn tiff(w: u16, h: u16) -> Vec<u8> {
         out.extend_from_slice(&value.to_le_bytes());
     }
     out.extend_from_slice(&[0; 4]);
-    out.extend(std::iter::repeat(9u8).take(w as usize * h as usize));
+    out.extend(std::iter::repeat_n(9u8, w as usize * h as usize));
     out
 }
 
@@ -184,7 +184,11 @@ fn structures_are_walked_to_their_real_end() {
 
     let t = tiff(8, 8);
     assert_eq!(tiff_check(&t), Ok(()));
-    assert_eq!(inspect(&t, 5), Ok(Kind::Tiff), "the stream part passes; the file part decides");
+    assert_eq!(
+        inspect(&t, 5),
+        Ok(Kind::Tiff),
+        "the stream part passes; the file part decides"
+    );
     let mut appended = t.clone();
     appended.extend_from_slice(b"PK\x03\x04 an archive");
     assert_eq!(tiff_check(&appended), Err(ImageError::BadEnd));
@@ -195,7 +199,11 @@ fn structures_are_walked_to_their_real_end() {
     assert_eq!(tiff_check(&no_strips), Err(ImageError::Corrupt));
     let mut looped = t.clone();
     looped[8 + 2 + 8 * 12..8 + 2 + 8 * 12 + 4].copy_from_slice(&8u32.to_le_bytes());
-    assert_eq!(tiff_check(&looped), Err(ImageError::Corrupt), "a directory that points to itself");
+    assert_eq!(
+        tiff_check(&looped),
+        Err(ImageError::Corrupt),
+        "a directory that points to itself"
+    );
 }
 
 #[tokio::test]

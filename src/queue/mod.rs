@@ -47,6 +47,8 @@ pub struct Taken {
     /// The job.
     pub id: Uuid,
     delivery: Option<amqp::Delivery>,
+    /// In-process queue: the FIFO it came from (0: high priority).
+    lane: usize,
 }
 
 /// What to do with a taken job's message.
@@ -89,9 +91,14 @@ impl Queue {
                     .lock()
                     .expect("queue lock")
                     .iter_mut()
-                    .find_map(|ids| ids.pop_front());
-                if let Some(id) = next {
-                    return Some(Taken { id, delivery: None });
+                    .enumerate()
+                    .find_map(|(lane, ids)| Some((lane, ids.pop_front()?)));
+                if let Some((lane, id)) = next {
+                    return Some(Taken {
+                        id,
+                        delivery: None,
+                        lane,
+                    });
                 }
                 tokio::select! {
                     _ = notified => {}
@@ -103,6 +110,7 @@ impl Queue {
                 Some(Taken {
                     id: delivery.id,
                     delivery: Some(delivery),
+                    lane: 0,
                 })
             }
         }
@@ -112,6 +120,19 @@ impl Queue {
     pub async fn settle(&self, taken: Taken, how: Settle) {
         if let Some(d) = taken.delivery {
             d.settle(how).await;
+        }
+    }
+
+    /// Gives a job back untouched, first in line: to the broker, which may offer it to another
+    /// worker, or to the front of its in-process FIFO.
+    pub async fn give_back(&self, taken: Taken) {
+        match (self, taken.delivery) {
+            (_, Some(d)) => d.settle(Settle::Requeue).await,
+            (Queue::Local(q), None) => {
+                q.ids.lock().expect("queue lock")[taken.lane].push_front(taken.id);
+                q.ready.notify_one();
+            }
+            (Queue::Rabbitmq(_), None) => {}
         }
     }
 
@@ -168,6 +189,12 @@ mod tests {
             .map(|t| t.unwrap().id)
             .collect();
         assert_eq!(order, vec![c, a, b]);
+        // A job given back is taken first again, in its own lane.
+        q.push(a, false, Priority::High).await.unwrap();
+        q.push(b, false, Priority::Normal).await.unwrap();
+        let taken = q.take(&stop).await.unwrap();
+        q.give_back(taken).await;
+        assert_eq!(q.take(&stop).await.unwrap().id, a);
     }
 
     #[tokio::test]

@@ -58,15 +58,16 @@ pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
                     gpu,
                     engine_ended: None,
                 };
-                loop {
-                    // Checked before taking a job (the in-process queue keeps it), and after (a
-                    // broker may have delivered it ahead: it goes back for other workers).
-                    if !wait_for_disk(&app).await {
-                        return;
-                    }
-                    let Some(taken) = app.queue.take(&app.shutdown).await else { return };
-                    if disk_check(&app).is_err() {
-                        app.queue.settle(taken, Settle::Requeue).await;
+                let mut low_disk = false;
+                while let Some(taken) = app.queue.take(&app.shutdown).await {
+                    if !room_for_a_job(&app, &mut low_disk) {
+                        // Held a moment, then given back: RabbitMQ offers it to the other
+                        // workers (a worker that just waited would keep it as its prefetch).
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = app.shutdown.cancelled() => {}
+                        }
+                        app.queue.give_back(taken).await;
                         continue;
                     }
                     let how = process(&app, taken.id, &mut slot).await;
@@ -86,7 +87,7 @@ pub fn disk_check(app: &App) -> Result<String, String> {
         return Ok("ok: not checked (worker.min_free_bytes = 0)".into());
     }
     let free = nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available() * s.fragment_size())
         .map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))?;
     if free < min {
         return Err(format!(
@@ -99,30 +100,22 @@ pub fn disk_check(app: &App) -> Result<String, String> {
     Ok(format!("ok: {} MiB free", free >> 20))
 }
 
-/// Waits until the data folder has room for a job (logging once when it has not); false once the
-/// process stops.
-async fn wait_for_disk(app: &App) -> bool {
-    let mut said = false;
-    loop {
-        match disk_check(app) {
-            Ok(_) => {
-                if said {
-                    log::info!("disk space is back: taking jobs again");
-                }
-                app.metrics.low_disk.set(0);
-                return true;
+/// Whether the data folder has room for a job; logs when that changes, and sets the metric.
+fn room_for_a_job(app: &App, low: &mut bool) -> bool {
+    match disk_check(app) {
+        Ok(_) => {
+            if std::mem::take(low) {
+                log::info!("disk space is back: taking jobs again");
             }
-            Err(why) => {
-                if !said {
-                    log::warn!("{why}");
-                    said = true;
-                }
-                app.metrics.low_disk.set(1);
-            }
+            app.metrics.low_disk.set(0);
+            true
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = app.shutdown.cancelled() => return false,
+        Err(why) => {
+            if !std::mem::replace(low, true) {
+                log::warn!("{why}");
+            }
+            app.metrics.low_disk.set(1);
+            false
         }
     }
 }

@@ -60,7 +60,9 @@ async fn half_an_upload(app: &TestApp) -> TcpStream {
     stream.write_all(&photo[..photo.len() / 2]).await.unwrap();
     let data = app.app.config.server.data_dir.clone();
     wait_until(10.0, "the upload is staged", || {
-        staged(&data).iter().any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+        staged(&data)
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
     })
     .await;
     stream
@@ -127,7 +129,11 @@ async fn flood(addr: &str, parts: impl Iterator<Item = String> + Send + 'static,
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(String::from))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(String::from)
+                })
                 .and_then(|l| l.trim().parse::<usize>().ok());
             if length.is_some_and(|l| body.len() >= l) {
                 break;
@@ -151,28 +157,36 @@ async fn floods_of_form_parts_are_refused_early_in_bounded_memory() {
 
     // 300 URL parts of 1 MiB: the first one is over the URL length cap.
     let mib_url = format!("http://127.0.0.1/{}", "a".repeat(1 << 20));
-    let parts = std::iter::repeat(text_part("image_urls", &mib_url)).take(300);
+    let parts = std::iter::repeat_n(text_part("image_urls", &mib_url), 300);
     let (status, body) = flood(&addr, parts, 300 * (1 << 20) + 300 * 200).await;
     assert_eq!(status, 400, "{body}");
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["error"]["code"], "invalid_image_url");
-    assert!(body.len() < 300, "the answer must not echo the URL: {} bytes", body.len());
+    assert!(
+        body.len() < 300,
+        "the answer must not echo the URL: {} bytes",
+        body.len()
+    );
 
     // 300 URL parts of 7 KiB each: under the URL cap, over the form's text budget (1 MiB).
     let url = format!("http://127.0.0.1/{}", "b".repeat(7 << 10));
-    let parts = std::iter::repeat(text_part("image_urls", &url)).take(300);
+    let parts = std::iter::repeat_n(text_part("image_urls", &url), 300);
     let (status, body) = flood(&addr, parts, 300 * (8 << 10)).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("payload_too_large"), "{body}");
 
     // More URL parts than limits.max_images (500): refused at the 501st.
-    let parts = std::iter::repeat(text_part("image_urls", "http://127.0.0.1/p.jpg")).take(2000);
+    let parts = std::iter::repeat_n(text_part("image_urls", "http://127.0.0.1/p.jpg"), 2000);
     let (status, body) = flood(&addr, parts, 2000 * 120).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("too_many_images"), "{body}");
 
     let peak = crate::cluster::peak_rss_kib(proc.pid());
-    println!("form floods: peak RSS {} MiB (at start {} MiB)", peak >> 10, before >> 10);
+    println!(
+        "form floods: peak RSS {} MiB (at start {} MiB)",
+        peak >> 10,
+        before >> 10
+    );
     assert!(peak < 64 << 10, "peak RSS {peak} KiB");
     let page: Value = proc.api().get("/api/v1/jobs").await.json().await.unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 0);
@@ -217,8 +231,11 @@ async fn polyglots_that_mimic_an_end_are_refused() {
         let id = app.submit(json!({"image_urls": [edge.add(name, bytes)]})).await;
         let job = app.wait_final(&id, 30).await;
         assert_eq!(job["status"], "failed", "{name}");
-        assert!(job["error"]["code"].as_str().unwrap().starts_with("invalid_image")
-            || job["error"]["code"] == "unsupported_image_type", "{name}: {job}");
+        assert!(
+            job["error"]["code"].as_str().unwrap().starts_with("invalid_image")
+                || job["error"]["code"] == "unsupported_image_type",
+            "{name}: {job}"
+        );
     }
     assert!(staged(&app.app.config.server.data_dir).is_empty());
 }
@@ -229,7 +246,10 @@ async fn finished_job(app: &TestApp) -> (String, String) {
     let id = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(0))]})).await;
     let job = app.wait_final(&id, 30).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    (id, result(&job, "texturedMesh.obj")["url"].as_str().unwrap().to_string())
+    (
+        id,
+        result(&job, "texturedMesh.obj")["url"].as_str().unwrap().to_string(),
+    )
 }
 
 #[tokio::test]
@@ -254,18 +274,32 @@ async fn head_answers_every_get_route() {
         let head = app.client.head(app.url(&path)).send().await.unwrap();
         assert_eq!(head.status(), status, "HEAD {path}");
         assert_eq!(head.headers().get("content-type").cloned(), get_type, "HEAD {path}");
-        let length = head.headers().get("content-length").map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(length, Some(get_len.to_string()), "HEAD {path}: the length GET would send");
+        let length = head
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            length,
+            Some(get_len.to_string()),
+            "HEAD {path}: the length GET would send"
+        );
         assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has no body");
     }
     let head = app.client.head(app.url(&obj)).send().await.unwrap();
     assert_eq!(head.headers()["accept-ranges"], "bytes");
     assert_eq!(head.headers()["content-length"], obj_len.to_string().as_str());
-    let post_only = app.client.get(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send().await.unwrap();
+    let post_only = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post_only.status(), 405);
     let allow = app.client.delete(app.url("/health")).send().await.unwrap();
     assert_eq!(allow.headers()["allow"], "GET, HEAD");
 }
+
+type Headers = Vec<(&'static str, String)>;
 
 #[tokio::test]
 async fn downloads_follow_rfc_9110_ranges_and_conditions() {
@@ -276,14 +310,14 @@ async fn downloads_follow_rfc_9110_ranges_and_conditions() {
     let etag = whole.headers()["etag"].to_str().unwrap().to_string();
     let modified = whole.headers()["last-modified"].to_str().unwrap().to_string();
     let body = whole.bytes().await.unwrap();
-    let get = |headers: Vec<(&'static str, String)>| {
+    let get = |headers: Headers| {
         let mut req = app.client.get(app.url(&obj));
         for (k, v) in headers {
             req = req.header(k, v);
         }
         req.send()
     };
-    let cases: Vec<(Vec<(&'static str, String)>, u16, Option<&[u8]>)> = vec![
+    let cases: Vec<(Headers, u16, Option<&[u8]>)> = vec![
         (vec![("range", "bytes=0-5".into())], 206, Some(&body[..6])),
         (vec![("range", "bytes=-4".into())], 206, Some(&body[body.len() - 4..])),
         // Several ranges: the whole file. Invalid ones are ignored, never 416.
@@ -292,10 +326,29 @@ async fn downloads_follow_rfc_9110_ranges_and_conditions() {
         (vec![("range", "pages=1-2".into())], 200, Some(&body[..])),
         (vec![("range", format!("bytes={}-", body.len() + 10))], 416, None),
         // If-Range: the range for the version named, else the whole file.
-        (vec![("range", "bytes=0-5".into()), ("if-range", etag.clone())], 206, Some(&body[..6])),
-        (vec![("range", "bytes=0-5".into()), ("if-range", "\"stale\"".into())], 200, Some(&body[..])),
-        (vec![("range", "bytes=0-5".into()), ("if-range", modified.clone())], 206, Some(&body[..6])),
-        (vec![("range", "bytes=0-5".into()), ("if-range", "Mon, 01 Jan 2001 00:00:00 GMT".into())], 200, Some(&body[..])),
+        (
+            vec![("range", "bytes=0-5".into()), ("if-range", etag.clone())],
+            206,
+            Some(&body[..6]),
+        ),
+        (
+            vec![("range", "bytes=0-5".into()), ("if-range", "\"stale\"".into())],
+            200,
+            Some(&body[..]),
+        ),
+        (
+            vec![("range", "bytes=0-5".into()), ("if-range", modified.clone())],
+            206,
+            Some(&body[..6]),
+        ),
+        (
+            vec![
+                ("range", "bytes=0-5".into()),
+                ("if-range", "Mon, 01 Jan 2001 00:00:00 GMT".into()),
+            ],
+            200,
+            Some(&body[..]),
+        ),
         (vec![("if-none-match", etag.clone())], 304, None),
         (vec![("if-modified-since", modified.clone())], 304, None),
         (vec![("if-match", "\"other\"".into())], 412, None),
@@ -305,7 +358,10 @@ async fn downloads_follow_rfc_9110_ranges_and_conditions() {
         let resp = get(headers).await.unwrap();
         assert_eq!(resp.status(), status, "{shown}");
         if status == 416 {
-            assert_eq!(resp.headers()["content-range"], format!("bytes */{}", body.len()).as_str());
+            assert_eq!(
+                resp.headers()["content-range"],
+                format!("bytes */{}", body.len()).as_str()
+            );
         }
         if let Some(want) = want {
             assert_eq!(&resp.bytes().await.unwrap()[..], want, "{shown}");
@@ -341,15 +397,24 @@ async fn list_pages_stay_small() {
     let big = json!({"image_urls": ["http://127.0.0.1:1/a.jpg"], "metadata": {"x": "y".repeat(20_000)}});
     let resp = app.post_json("/api/v1/jobs", &big).await;
     assert_eq!(resp.status(), 413);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "metadata_too_large");
-    let urls: Vec<String> = (0..50).map(|i| format!("http://127.0.0.1:1/{i}-{}.jpg", "u".repeat(500))).collect();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "metadata_too_large"
+    );
+    let urls: Vec<String> = (0..50)
+        .map(|i| format!("http://127.0.0.1:1/{i}-{}.jpg", "u".repeat(500)))
+        .collect();
     let meta = json!({"x": "y".repeat(15_000)});
     for _ in 0..3 {
         app.submit(json!({"image_urls": urls, "metadata": meta})).await;
     }
     let full = app.get("/api/v1/jobs").await.text().await.unwrap();
     let summary = app.get("/api/v1/jobs?view=summary").await.text().await.unwrap();
-    println!("list of 3 jobs: {} bytes full, {} bytes summary", full.len(), summary.len());
+    println!(
+        "list of 3 jobs: {} bytes full, {} bytes summary",
+        full.len(),
+        summary.len()
+    );
     let page: Value = serde_json::from_str(&summary).unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
     assert!(page["jobs"][0]["metadata"].is_null() && page["jobs"][0]["image_urls"] == json!([]));
@@ -364,7 +429,13 @@ async fn a_full_disk_takes_no_job_and_says_why() {
     let ready = app.get("/ready").await;
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
-    assert!(body["checks"]["disk"].as_str().unwrap().contains("worker.min_free_bytes"), "{body}");
+    assert!(
+        body["checks"]["disk"]
+            .as_str()
+            .unwrap()
+            .contains("worker.min_free_bytes"),
+        "{body}"
+    );
     let edge = Edge::start().await;
     let id = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(0))]})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -377,9 +448,18 @@ async fn a_full_disk_takes_no_job_and_says_why() {
 #[tokio::test]
 async fn open3d_is_looked_for_where_debian_puts_it() {
     let app = spawn_app_with(|c| c.engine.python = "/nonexistent/python3".into(), vec![]).await;
-    assert_eq!(app.app.config.engine.python, "/usr/bin/python3", "fell back to Debian's Python");
+    assert_eq!(
+        app.app.config.engine.python, "/usr/bin/python3",
+        "fell back to Debian's Python"
+    );
     let ready: Value = app.get("/ready").await.json().await.unwrap();
-    assert!(ready["checks"]["mesher"].as_str().unwrap().starts_with("ok: /usr/bin/python3"), "{ready}");
+    assert!(
+        ready["checks"]["mesher"]
+            .as_str()
+            .unwrap()
+            .starts_with("ok: /usr/bin/python3"),
+        "{ready}"
+    );
     let off = spawn_app_with(|c| c.engine.python = "/bin/false".into(), vec![]).await;
     let ready: Value = off.get("/ready").await.json().await.unwrap();
     let mesher = ready["checks"]["mesher"].as_str().unwrap();
@@ -392,24 +472,73 @@ async fn open3d_is_looked_for_where_debian_puts_it() {
 async fn start_up_refuses_typos_and_impossible_settings() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
-    let run = |args: &[&str], env: &[(&str, &str)]| {
+    let run = |env: &[(&str, &str)]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"))
-            .args(args)
-            .args(["--data-dir", &data, "--listen", "127.0.0.1:0"])
+            .args([
+                "all-in-one",
+                "--gpu",
+                "none",
+                "--data-dir",
+                &data,
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .envs(env.iter().copied())
             .env("RUST_LOG", "error")
             .output()
             .unwrap()
     };
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
-        (&["all-in-one", "--gpu", "none"], &[("MESHROOM_SVC_LIMITS_MAX_IMAGE", "3")], "MESHROOM_SVC_LIMITS_MAX_IMAGE: no such setting"),
-        (&["all-in-one", "--gpu", "none"], &[("MESHROOM_SVC_LIMITS_MAX_IMAGE_PIXELS", "0")], "limits.max_image_pixels: must be greater than 0"),
-        (&["all-in-one", "--gpu", "none"], &[("MESHROOM_SVC_SERVER_DEFAULT_PIPELINE", "default")], "needs a GPU"),
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("MESHROOM_SVC_LIMITS_MAX_IMAGE", "3")],
+            "MESHROOM_SVC_LIMITS_MAX_IMAGE: no such setting",
+        ),
+        (
+            &[("MESHROOM_SVC_LIMITS_MAX_IMAGE_PIXELS", "0")],
+            "limits.max_image_pixels: must be greater than 0",
+        ),
+        (&[("MESHROOM_SVC_SERVER_DEFAULT_PIPELINE", "default")], "needs a GPU"),
     ];
-    for (args, env, want) in cases {
-        let out = run(args, env);
+    for (env, want) in cases {
+        let out = run(env);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{env:?} must not start");
         assert!(stderr.contains(want), "{env:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_worker_with_a_full_disk_leaves_jobs_to_the_others() {
+    use crate::cluster::*;
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let serve = c.serve("serve").await;
+    let mut full_env = c.env.clone();
+    full_env.push(("MESHROOM_SVC_WORKER_MIN_FREE_BYTES".into(), (u64::MAX / 2).to_string()));
+    let data = c.dir.path().join("full").display().to_string();
+    let full = Proc::start(
+        c.dir.path(),
+        &["work", "--gpu", "none", "--data-dir", &data],
+        Some(free_port()),
+        &full_env,
+    )
+    .await;
+    let ready = full.api().get("/ready").await;
+    assert_eq!(ready.status(), 503, "the full worker says it is not ready");
+    let ids: Vec<String> = futures_util::future::join_all((0..3).map(|i| {
+        serve
+            .api()
+            .submit(json!({"image_urls": [c.edge.add(&format!("p{i}.jpg"), photo(i))]}))
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ok = c.work("ok", "none").await;
+    for id in &ids {
+        let job = serve.api().wait_final(id, 60).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert_eq!(job["attempts"], 1, "only the worker with room ran it: {job:#}");
+        assert_ne!(crate::cluster::pid_of(&job), Some(full.pid()));
+    }
+    let metrics = full.api().get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("meshroom_worker_low_disk 1"), "{metrics}");
 }

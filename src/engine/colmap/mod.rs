@@ -258,7 +258,10 @@ fn progress(index: usize, within: f32) -> Progress {
 pub async fn resolve_mesher(configured: &str) -> (String, String) {
     const SYSTEM: &str = "/usr/bin/python3";
     if configured.is_empty() {
-        return (String::new(), "off: engine.python is empty, COLMAP jobs give no mesh".into());
+        return (
+            String::new(),
+            "off: engine.python is empty, COLMAP jobs give no mesh".into(),
+        );
     }
     if crate::process::python_has_module(configured, "open3d").await {
         return (configured.into(), format!("ok: {configured} has open3d"));
@@ -268,7 +271,10 @@ pub async fn resolve_mesher(configured: &str) -> (String, String) {
             "engine.python '{configured}' cannot import open3d; meshing with {SYSTEM}, which can \
              (set engine.python = \"{SYSTEM}\" to say so)"
         );
-        return (SYSTEM.into(), format!("ok: {SYSTEM} has open3d ('{configured}' has not)"));
+        return (
+            SYSTEM.into(),
+            format!("ok: {SYSTEM} has open3d ('{configured}' has not)"),
+        );
     }
     let why = format!(
         "engine.python '{configured}' cannot import open3d: COLMAP jobs give no mesh (\"mesh\": false). \
