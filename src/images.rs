@@ -116,25 +116,24 @@ impl Inspector {
     fn read_header(&mut self, chunk: &[u8]) -> Result<(), ImageError> {
         let room = HEADER_LIMIT.saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if self.kind.is_none() && self.head.len() >= SNIFF_LEN {
-            let kind = sniff(&self.head).ok_or(ImageError::NotAnImage)?;
-            self.kind = Some(kind);
-            if let Ok(size) = imagesize::blob_size(&self.head) {
-                self.check_size(size)?;
-            }
-            // The type is known within the first chunks, long before the head is full: the
-            // walker starts from the first byte.
-            let mut walker = structure::Walker::new(kind);
-            walker.feed(&self.head)?;
-            walker.feed(&chunk[chunk.len().min(room)..])?;
-            self.walker = Some(walker);
+        let newly_known = self.kind.is_none() && self.head.len() >= SNIFF_LEN;
+        if newly_known {
+            self.kind = Some(sniff(&self.head).ok_or(ImageError::NotAnImage)?);
         }
-        if self.kind.is_some() && !self.sized {
+        if self.kind.is_some() {
             if let Ok(size) = imagesize::blob_size(&self.head) {
                 self.check_size(size)?;
             } else if self.head.len() >= HEADER_LIMIT {
                 return Err(ImageError::BadHeader);
             }
+        }
+        if let (true, Some(kind)) = (newly_known, self.kind) {
+            // The type is known within the first bytes, long before the head is full: the
+            // walker starts from the first byte.
+            let mut walker = structure::Walker::new(kind);
+            walker.feed(&self.head)?;
+            walker.feed(&chunk[chunk.len().min(room)..])?;
+            self.walker = Some(walker);
         }
         if self.sized {
             self.head = Vec::new();

@@ -55,6 +55,7 @@ pub(super) struct ListQuery {
     cursor: Option<Uuid>,
     /// `full` (default), or `summary`: `image_urls`, `uploads`, `params`, `metadata`, `results`
     /// and `log_tail` left empty, so that a page stays small; GET the job for them.
+    #[param(inline)]
     view: Option<View>,
 }
 
