@@ -181,6 +181,16 @@ impl Config {
         if let Err(e) = crate::egress::Egress::new(&self.security.allowed_networks) {
             problems.push(e);
         }
+        for entry in &self.engine.env {
+            let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                problems.push(format!(
+                    "engine.env: '{name}' is not a variable name (give NAME or NAME=VALUE)"
+                ));
+            }
+        }
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }

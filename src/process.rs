@@ -23,26 +23,59 @@ pub const JOB_ENV: &str = "MESHROOM_SVC_JOB";
 /// the next worker on that folder can stop what a killed predecessor left running.
 pub const OWNER_ENV: &str = "MESHROOM_SVC_OWNER";
 
-/// Starts an engine command for a job: its own process group (so a terminal's Ctrl-C reaches the
-/// service, which then stops the job properly), the job marker, no stdin, piped output.
+/// Whether an engine inherits the service's variable `name`: what programs need to run (search
+/// path, home, user, locale, time zone, temporary folder, libraries) and the engines' own settings.
+/// Nothing else: the service's environment holds its secrets (API keys, webhook secret, S3 keys,
+/// broker URL), and every node command of the engine would inherit them.
+pub fn inherited(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "USER" | "LOGNAME" | "LANG" | "LANGUAGE" | "TZ" | "TMPDIR" | "LD_LIBRARY_PATH"
+    ) || name.starts_with("LC_")
+        || name.starts_with("ALICEVISION_")
+        || (name.starts_with("MESHROOM_") && !name.starts_with("MESHROOM_SVC_"))
+}
+
+/// Starts an engine command for a job: a cleared environment with the [`inherited`] variables and
+/// `env`, its own process group (so a terminal's Ctrl-C reaches the service, which then stops the
+/// job properly), the job marker, no stdin, stderr piped, and stdout on a pseudo-terminal, whose
+/// reading end is returned.
+///
+/// The terminal is there because the official image's `meshroom_batch` is a frozen Python
+/// executable: it ignores `PYTHONUNBUFFERED` and block-buffers its stdout into a pipe, so its
+/// progress lines would arrive late and a killed run would lose its last ones. On a terminal it
+/// writes each line as it is printed.
 pub fn spawn_engine(
     program: &Path,
     args: &[String],
-    env: &[(&str, String)],
+    env: &[(String, String)],
     job: Uuid,
     owner: &str,
-) -> std::io::Result<Child> {
+) -> std::io::Result<(Child, tokio::fs::File)> {
+    use nix::sys::termios::{self, LocalFlags, OutputFlags, SetArg};
+    let pty = nix::pty::openpty(None, None)?;
+    // Bytes as written: no "\r\n" for "\n", no echo.
+    let mut mode = termios::tcgetattr(&pty.slave)?;
+    mode.output_flags.remove(OutputFlags::OPOST);
+    mode.local_flags.remove(LocalFlags::ECHO);
+    termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &mode)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(JOB_ENV, job.to_string())
         .env(OWNER_ENV, owner)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(pty.slave))
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // Our copy of the terminal's slave end closes with the command: reads of the master end then
+    // stop once every process holding it is gone.
+    drop(cmd);
+    Ok((child, tokio::fs::File::from_std(std::fs::File::from(pty.master))))
 }
 
 /// One engine command of a job, run to its end under supervision.
@@ -52,8 +85,8 @@ pub struct Supervised<'a> {
     pub program: &'a Path,
     /// Its arguments.
     pub args: &'a [String],
-    /// Extra environment.
-    pub env: &'a [(&'a str, String)],
+    /// Environment beyond the [`inherited`] variables.
+    pub env: &'a [(String, String)],
     /// The job, for the process marker.
     pub job: Uuid,
     /// The worker's owner marker (see [`OWNER_ENV`]).
@@ -97,7 +130,7 @@ pub async fn supervise(
     mut on_line: impl FnMut(&str),
     mut on_tick: impl FnMut(),
 ) -> Result<Ended, SuperviseError> {
-    let mut child = spawn_engine(cmd.program, cmd.args, cmd.env, cmd.job, cmd.owner)
+    let (mut child, terminal) = spawn_engine(cmd.program, cmd.args, cmd.env, cmd.job, cmd.owner)
         .map_err(|e| SuperviseError::Spawn(cmd.program.display().to_string(), e))?;
     let root = child.id();
     let mut log = tokio::fs::OpenOptions::new()
@@ -106,7 +139,7 @@ pub async fn supervise(
         .open(cmd.log)
         .await?;
     let (tx, mut lines) = mpsc::channel::<String>(256);
-    forward_lines(child.stdout.take(), tx.clone());
+    forward_lines(Some(terminal), tx.clone());
     forward_lines(child.stderr.take(), tx);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
@@ -146,7 +179,8 @@ fn forward_lines(stream: Option<impl AsyncRead + Unpin + Send + 'static>, tx: mp
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
-        // Lines may not be UTF-8; keep them, lossily.
+        // Lines may not be UTF-8; keep them, lossily. A terminal's master end reports EIO, not
+        // end of file, once the last writer is gone: any error ends the stream.
         while reader.read_until(b'\n', &mut buf).await.unwrap_or(0) > 0 {
             if tx.send(String::from_utf8_lossy(&buf).into_owned()).await.is_err() {
                 break;
@@ -303,7 +337,8 @@ mod tests {
         let job = Uuid::now_v7();
         // The parent starts a child in a new session that ignores SIGTERM, then waits.
         let script = "setsid sh -c 'trap \"\" TERM; sleep 300' & sleep 300";
-        let mut child = spawn_engine(Path::new("sh"), &["-c".into(), script.into()], &[], job, "test-owner").unwrap();
+        let (mut child, _) =
+            spawn_engine(Path::new("sh"), &["-c".into(), script.into()], &[], job, "test-owner").unwrap();
         let root = child.id();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(job_pids(job, root).len() >= 3, "{:?}", job_pids(job, root));
@@ -311,5 +346,45 @@ mod tests {
         assert!(n >= 3);
         let _ = child.wait().await;
         assert!(job_pids(job, None).is_empty());
+    }
+
+    #[tokio::test]
+    async fn output_lines_arrive_as_printed() {
+        // Python block-buffers a pipe (and a frozen build ignores PYTHONUNBUFFERED); on the
+        // terminal the engine gets, each line arrives when it is printed.
+        let dir = tempfile::tempdir().unwrap();
+        let script = "import time\nprint('first')\nprint('second')\ntime.sleep(3)\nprint('last')";
+        let args = ["-c".to_string(), script.to_string()];
+        let cmd = Supervised {
+            program: Path::new("python3"),
+            args: &args,
+            env: &[("PYTHONUNBUFFERED".into(), String::new())],
+            job: Uuid::now_v7(),
+            owner: "test-owner",
+            log: &dir.path().join("log"),
+            grace: Duration::from_millis(100),
+        };
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ended = supervise(
+            &cmd,
+            deadline,
+            &CancellationToken::new(),
+            |l| seen.push((l.to_string(), started.elapsed())),
+            || {},
+        )
+        .await
+        .unwrap();
+        assert!(matches!(ended, Ended::Exited(s) if s.success()), "{ended:?}");
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(lines, ["first\n", "second\n", "last\n"], "no carriage returns");
+        assert!(
+            seen[0].1 < Duration::from_secs(2),
+            "the first line waited for the end: {:?}",
+            seen[0].1
+        );
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "first\nsecond\nlast\n");
     }
 }

@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub kill_grace_secs: u64,
     /// Bytes of the engine log kept as the "tail" in errors and `GET /jobs/{id}/log`.
     pub log_tail_bytes: u64,
+    /// Environment of engine runs beyond the allow-list: `NAME=VALUE`, or `NAME` to pass the
+    /// service's own value on.
+    pub env: Vec<String>,
 }
 
 /// `[worker]`
@@ -215,6 +218,7 @@ impl Default for EngineConfig {
             timeout_secs: 24 * 3600,
             kill_grace_secs: 10,
             log_tail_bytes: 16 << 10,
+            env: Vec::new(),
         }
     }
 }

@@ -121,15 +121,27 @@ impl Run<'_> {
     }
 
     /// Environment of every engine command: pinned GPU, headless Qt, unbuffered Python.
-    fn env(&self) -> [(&'static str, String); 3] {
-        [
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
             (
-                "CUDA_VISIBLE_DEVICES",
+                "CUDA_VISIBLE_DEVICES".to_string(),
                 self.gpu.map(|g| g.to_string()).unwrap_or_default(),
             ),
-            ("QT_QPA_PLATFORM", "offscreen".to_string()),
-            ("PYTHONUNBUFFERED", "1".to_string()),
-        ]
+            ("QT_QPA_PLATFORM".into(), "offscreen".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+        ];
+        // `engine.env`: NAME=VALUE sets, a bare NAME passes the service's own value on.
+        for entry in &self.config.env {
+            match entry.split_once('=') {
+                Some((name, value)) => env.push((name.into(), value.into())),
+                None => {
+                    if let Ok(value) = std::env::var(entry) {
+                        env.push((entry.clone(), value));
+                    }
+                }
+            }
+        }
+        env
     }
 }
 

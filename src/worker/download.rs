@@ -90,6 +90,25 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
         .buffer_unordered(app.config.worker.download_concurrency as usize)
         .try_collect::<Vec<()>>()
         .await?;
+    let (dir, when) = (dir.to_path_buf(), std::time::SystemTime::from(job.created_at));
+    tokio::task::spawn_blocking(move || stable_times(&dir, when))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| ErrorInfo::new("worker_io_error", format!("working folder: {e}")))
+}
+
+/// Gives every staged image the job's creation time. AliceVision's node uids depend on an image's
+/// file time when it carries no Exif date, so a new attempt (which stages the images again) finds
+/// the previous attempt's cache valid and resumes instead of recomputing everything.
+fn stable_times(dir: &Path, when: std::time::SystemTime) -> std::io::Result<()> {
+    let times = std::fs::FileTimes::new().set_modified(when).set_accessed(when);
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::File::options().write(true).open(&path)?.set_times(times)?;
+        }
+    }
     Ok(())
 }
 

@@ -43,6 +43,9 @@ pub fn api_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Settings of the fake engine that tests and benchmarks give through the service's environment.
+pub const FAKE_VARIABLES: &str = "FAKE_MESHROOM_MODE,FAKE_MESHROOM_NODE_SECONDS,FAKE_MESHROOM_RUN_SECONDS";
+
 /// The fake engine, from tests/fixtures.
 pub fn fake_engine() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meshroom_batch")
@@ -96,6 +99,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.worker.retry_delay_ms = 50;
     // The machine's free space is not under test here (see `hardening`).
     c.worker.min_free_bytes = 0;
+    c.engine.env = FAKE_VARIABLES.split(',').map(String::from).collect();
     // The fixture servers run on loopback.
     c.security.allowed_networks = vec!["127.0.0.0/8".into()];
     c.webhook.schedule_secs = vec![0, 1, 1, 1];

@@ -9,6 +9,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod lifecycle;
+mod meshroom;
 mod procs;
 mod restart;
 mod s3;

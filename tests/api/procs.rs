@@ -36,6 +36,7 @@ impl Proc {
             .env("MESHROOM_SVC_ENGINE_KILL_GRACE_SECS", "1")
             .env("MESHROOM_SVC_WORKER_RETRY_DELAY_MS", "50")
             .env("MESHROOM_SVC_WORKER_MIN_FREE_BYTES", "0")
+            .env("MESHROOM_SVC_ENGINE_ENV", FAKE_VARIABLES)
             .env("MESHROOM_SVC_SECURITY_ALLOWED_NETWORKS", "127.0.0.0/8")
             // Crashed workers' jobs are taken over sooner than in production.
             .env("MESHROOM_SVC_QUEUE_LEASE_SECS", "6")

@@ -41,6 +41,18 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
     );
 
     let svc = all_in_one(dir.path(), port, &[]).await;
+    // The resumed run's percent counts the nodes the first attempt finished as done, against the
+    // whole graph: neither back to 0 nor at 99% at once.
+    let resumed = svc
+        .api()
+        .wait_for(&slow, 60, |j| {
+            done(j) || (j["attempts"] == 2 && j["progress"]["node_count"].as_u64().is_some())
+        })
+        .await;
+    assert_eq!(resumed["status"], "processing", "{resumed:#}");
+    let percent = resumed["progress"]["percent"].as_f64().unwrap();
+    assert!((30.0..90.0).contains(&percent), "resumed at {percent}%: {resumed:#}");
+    assert_eq!(resumed["progress"]["node_count"], 10);
     let job = svc.api().wait_for(&slow, 60, done).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(job["attempts"], 2);

@@ -1,5 +1,5 @@
 //! Runs `meshroom_batch` for one job as ../shared/docs/meshroom-contract.md describes: pinned to
-//! its GPU, with progress from its printed lines and status files, never with `--cache`.
+//! its GPU, with progress from its status files (refined by its printed lines), never with `--cache`.
 
 use super::{check_ended, EngineError, Run};
 use crate::jobs::Progress;
@@ -45,8 +45,9 @@ pub async fn run(
     let resume = tokio::fs::try_exists(run.dir.join("project.mg")).await.unwrap_or(false);
     let cache_state = progress::scan_cache(&run.dir.join("MeshroomCache"));
     if resume && has_mesh(&run.output_dir()) && cache_state.succeeded > 0 && cache_state.unfinished == 0 {
-        // The previous attempt published its model, then died storing it: every node is done
-        // (meshroom_batch would exit 1, "nothing to compute"). Its outputs are complete.
+        // The previous attempt published its model, then died storing it: every node is done, and
+        // its outputs are complete. (meshroom_batch would print `Nodes to execute:  []`, exit 0
+        // and publish nothing; not starting it saves its start-up.)
         log::info!(
             "job {}: the previous attempt's outputs are complete; not running the engine again",
             run.job
@@ -72,9 +73,11 @@ pub async fn run(
             report(tracker.progress());
         }
     };
+    let project = run.dir.join("project.mg");
     let on_tick = || {
+        let (graph, scanned) = (progress::graph_size(&project), progress::scan_cache(&cache));
         let (tracker, report) = &mut *state.lock().expect("lock");
-        if tracker.succeeded(progress::scan_cache(&cache).succeeded) {
+        if tracker.cache(graph, scanned) {
             report(tracker.progress());
         }
     };
@@ -130,6 +133,6 @@ mod tests {
         );
         assert!(!joined.contains("--cache"));
         assert!(args(&run, true).contains(&"--forceStatus".to_string()));
-        assert_eq!(run.env()[0], ("CUDA_VISIBLE_DEVICES", "1".to_string()));
+        assert_eq!(run.env()[0], ("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string()));
     }
 }

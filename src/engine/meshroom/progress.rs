@@ -67,12 +67,19 @@ fn fraction(s: &str, close: char) -> Option<(u32, u32, &str)> {
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?, rest))
 }
 
-/// Folds printed lines and status-file counts into a [`Progress`].
+/// Folds the status files and the printed lines into a [`Progress`] over the whole graph.
+///
+/// The status files come first: they are written (atomically) as each chunk starts and ends,
+/// while the frozen `meshroom_batch` of the official image block-buffers its printed lines into a
+/// pipe, so they arrive late. Counting against the whole graph (the nodes in the saved project)
+/// keeps a resumed run's percent right: the nodes a previous attempt finished count as done.
 #[derive(Debug, Default)]
 pub struct Tracker {
     nodes: Vec<String>,
     current: Option<Line>,
-    succeeded: u32,
+    /// Nodes in the saved project, once it is read.
+    graph: Option<u32>,
+    cache: CacheState,
 }
 
 impl Tracker {
@@ -86,37 +93,74 @@ impl Tracker {
         true
     }
 
-    /// Takes the number of nodes whose status file says SUCCESS; returns true when it changed.
-    pub fn succeeded(&mut self, n: u32) -> bool {
-        std::mem::replace(&mut self.succeeded, n) != n
+    /// Takes the number of nodes in the graph (from the saved project) and what the cache says
+    /// now; returns true when progress changed.
+    pub fn cache(&mut self, graph: Option<u32>, cache: CacheState) -> bool {
+        let before = self.progress();
+        self.graph = graph.or(self.graph);
+        self.cache = cache;
+        self.progress() != before
     }
 
     /// Current progress; never 100 before the run has ended well.
     pub fn progress(&self) -> Progress {
-        let Some(Line::Node {
-            index,
-            count,
-            chunk,
-            name,
-        }) = &self.current
-        else {
+        let line = match &self.current {
+            Some(Line::Node {
+                index,
+                count,
+                chunk,
+                name,
+            }) => Some((*index, *count, *chunk, name)),
+            _ => None,
+        };
+        // The whole graph, or the nodes of this run when the project cannot be read.
+        let Some(total) = self.graph.filter(|g| *g > 0).or(line.map(|l| l.1)) else {
             return Progress::default();
         };
-        let within = chunk.map_or(0.0, |(c, total)| (c - 1) as f32 / total as f32);
-        let from_lines = ((index - 1) as f32 + within) / *count as f32;
-        let from_status = self.succeeded.min(*count) as f32 / *count as f32;
-        let node = self
-            .nodes
-            .get(*index as usize - 1)
-            .cloned()
-            .unwrap_or_else(|| name.clone());
+        let done = self.cache.succeeded.min(total);
+        let running = self.cache.running.as_ref();
+        let from_status = done as f32 + running.map_or(0.0, |r| r.chunks_done as f32 / r.chunks.max(1) as f32);
+        // A printed `[i/N]` counts from the nodes of this run; those before it were done already.
+        let from_line = line.map_or(0.0, |(index, count, chunk, _)| {
+            let within = chunk.map_or(0.0, |(c, k)| (c - 1) as f32 / k as f32);
+            total.saturating_sub(count) as f32 + (index - 1) as f32 + within
+        });
+        let node = match (running, line) {
+            (Some(r), _) => Some(r.node.clone()),
+            (None, Some((index, _, _, name))) => Some(
+                self.nodes
+                    .get(index as usize - 1)
+                    .cloned()
+                    .unwrap_or_else(|| name.clone()),
+            ),
+            (None, None) => None,
+        };
+        let index = (from_status.max(from_line) as u32 + 1).min(total);
         Progress {
-            percent: (from_lines.max(from_status) * 100.0).min(99.0),
-            node: Some(node),
-            node_index: Some(*index),
-            node_count: Some(*count),
+            percent: (from_status.max(from_line) / total as f32 * 100.0).min(99.0),
+            node,
+            node_index: Some(index),
+            node_count: Some(total),
         }
     }
+}
+
+/// Nodes in a saved Meshroom project (`{"graph": {name: node, ...}}`); `None` until it is readable.
+pub fn graph_size(project: &Path) -> Option<u32> {
+    let bytes = std::fs::read(project).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(v.get("graph")?.as_object()?.len() as u32)
+}
+
+/// A node with a chunk running, from its status files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// Its name, e.g. `DepthMap_1`.
+    pub node: String,
+    /// Chunks in SUCCESS.
+    pub chunks_done: u32,
+    /// Chunks with a status file (the tool writes SUBMITTED for every chunk first).
+    pub chunks: u32,
 }
 
 /// What the status files in a Meshroom cache say.
@@ -128,6 +172,8 @@ pub struct CacheState {
     pub failed: Vec<String>,
     /// Nodes with a status file that is not SUCCESS (running, submitted, stopped, error...).
     pub unfinished: u32,
+    /// A node with a chunk RUNNING, if any.
+    pub running: Option<Running>,
 }
 
 /// Scans `<cache>/<NodeType>/<uid>/status` and `<i>.status` files.
@@ -156,6 +202,13 @@ pub fn scan_cache(cache: &Path) -> CacheState {
         }
         if let Some((_, node)) = statuses.iter().find(|(s, _)| s == "ERROR") {
             state.failed.push(node.clone());
+        }
+        if let Some((_, node)) = statuses.iter().find(|(s, _)| s == "RUNNING") {
+            state.running = Some(Running {
+                node: node.clone(),
+                chunks_done: statuses.iter().filter(|(s, _)| s == "SUCCESS").count() as u32,
+                chunks: statuses.len() as u32,
+            });
         }
     }
     state.failed.sort();
@@ -216,6 +269,18 @@ mod tests {
         }
     }
 
+    fn cache(succeeded: u32, running: Option<(&str, u32, u32)>) -> CacheState {
+        CacheState {
+            succeeded,
+            running: running.map(|(node, chunks_done, chunks)| Running {
+                node: node.into(),
+                chunks_done,
+                chunks,
+            }),
+            ..CacheState::default()
+        }
+    }
+
     #[test]
     fn progress_counts_nodes_and_chunks_and_stays_below_100() {
         let mut t = Tracker::default();
@@ -225,8 +290,48 @@ mod tests {
         assert_eq!(p.node.as_deref(), Some("DepthMap_1"));
         assert!((p.percent - 60.0).abs() < 0.01, "{}", p.percent);
         t.line("[4/4] D");
-        t.succeeded(4);
+        t.cache(None, cache(4, None));
         assert_eq!(t.progress().percent, 99.0);
+    }
+
+    #[test]
+    fn status_files_lead_when_lines_lag() {
+        // Block-buffered output: no line yet, the status files say node 3 of 10 runs, chunk 2 of 4.
+        let mut t = Tracker::default();
+        assert!(t.cache(Some(10), cache(2, Some(("DepthMap_1", 1, 4)))));
+        let p = t.progress();
+        assert_eq!(
+            (p.node.as_deref(), p.node_index, p.node_count),
+            (Some("DepthMap_1"), Some(3), Some(10))
+        );
+        assert!((p.percent - 22.5).abs() < 0.01, "{}", p.percent);
+        // A late line about an earlier node does not move progress back.
+        t.line("[1/10] CameraInit");
+        assert!((t.progress().percent - 22.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_resumed_run_counts_against_the_whole_graph() {
+        // 10 nodes, 6 done by the previous attempt: this run executes 4 and has just started.
+        let mut t = Tracker::default();
+        t.line("Nodes to execute:  ['Meshing_1', 'MeshFiltering_1', 'Texturing_1', 'Publish_1']");
+        t.line("[1/4] Meshing");
+        t.cache(Some(10), cache(6, Some(("Meshing_1", 0, 1))));
+        let p = t.progress();
+        assert!((p.percent - 60.0).abs() < 0.01, "{}", p.percent);
+        assert_eq!((p.node_index, p.node_count), (Some(7), Some(10)));
+        assert_eq!(p.node.as_deref(), Some("Meshing_1"));
+    }
+
+    #[test]
+    fn the_graph_size_comes_from_the_saved_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("project.mg");
+        assert_eq!(graph_size(&project), None);
+        std::fs::write(&project, r#"{"header": {}, "graph": {"A_1": {}, "B_1": {}}}"#).unwrap();
+        assert_eq!(graph_size(&project), Some(2));
+        std::fs::write(&project, "{half").unwrap();
+        assert_eq!(graph_size(&project), None);
     }
 
     #[test]
@@ -247,9 +352,12 @@ mod tests {
             CacheState {
                 succeeded: 1,
                 failed: vec!["DepthMap_1".into()],
-                unfinished: 1
+                unfinished: 1,
+                running: None,
             }
         );
+        write("Meshing/u3/status", "RUNNING", "Meshing_1");
+        assert_eq!(scan_cache(dir.path()).running.map(|r| r.node), Some("Meshing_1".into()));
     }
 
     proptest::proptest! {
@@ -260,7 +368,7 @@ mod tests {
             for l in &lines {
                 t.line(l);
             }
-            t.succeeded(n);
+            t.cache(Some(n), cache(n.wrapping_mul(3) % 25, Some(("X_1", n % 4, n % 3))));
             let p = t.progress();
             proptest::prop_assert!((0.0..=99.0).contains(&p.percent));
         }
