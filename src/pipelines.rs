@@ -41,9 +41,71 @@ pub struct Preset {
     /// `NodeType:param=value` overrides always applied.
     #[serde(default)]
     pub overrides: Vec<String>,
-    /// Parameters a job may set.
+    /// Parameters a job may set, with what each accepts.
     #[serde(default)]
-    pub allowed_params: Vec<String>,
+    pub params: BTreeMap<String, Param>,
+}
+
+/// What a parameter accepts: the type and the bounds or choices of the engine's own option.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Param {
+    /// A whole number within `min..=max`.
+    Int {
+        /// Smallest value.
+        min: i64,
+        /// Largest value.
+        max: i64,
+    },
+    /// A finite number within `min..=max`.
+    Float {
+        /// Smallest value.
+        min: f64,
+        /// Largest value.
+        max: f64,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// One of these values, exactly as written.
+    Choice {
+        /// The values (strings or numbers).
+        values: Vec<toml::Value>,
+    },
+}
+
+impl Param {
+    /// Ok when `value` is acceptable; else what is.
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        match self {
+            Param::Int { min, max } => match value.parse::<i64>() {
+                Ok(v) if (*min..=*max).contains(&v) => Ok(()),
+                _ => Err(format!("a whole number from {min} to {max}")),
+            },
+            Param::Float { min, max } => match value.parse::<f64>() {
+                Ok(v) if v.is_finite() && (*min..=*max).contains(&v) => Ok(()),
+                _ => Err(format!("a number from {min} to {max}")),
+            },
+            Param::Bool => match value {
+                "true" | "false" => Ok(()),
+                _ => Err("true or false".into()),
+            },
+            Param::Choice { values } => {
+                let names: Vec<String> = values.iter().map(choice_text).collect();
+                match names.iter().any(|n| n == value) {
+                    true => Ok(()),
+                    false => Err(format!("one of {}", names.join(", "))),
+                }
+            }
+        }
+    }
+}
+
+/// A choice as a job gives it: strings without quotes, numbers as written.
+fn choice_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Preset loading and per-job parameter failures.
@@ -60,9 +122,9 @@ pub enum PipelineError {
     /// A job parameter outside the preset's allow-list.
     #[error("parameter '{0}' is not allowed by this pipeline (allowed: {1})")]
     ParamNotAllowed(String, String),
-    /// A job parameter value that cannot be passed on.
-    #[error("parameter '{0}' has an invalid value")]
-    InvalidParam(String),
+    /// A job parameter value the parameter does not accept.
+    #[error("parameter '{0}' must be {1}")]
+    InvalidParam(String, String),
 }
 
 /// All presets by name.
@@ -123,15 +185,15 @@ impl Preset {
     pub fn overrides_with(&self, params: &BTreeMap<String, String>) -> Result<Vec<String>, PipelineError> {
         let mut all = self.overrides.clone();
         for (key, value) in params {
-            if !self.allowed_params.contains(key) {
-                return Err(PipelineError::ParamNotAllowed(
-                    key.clone(),
-                    self.allowed_params.join(", "),
-                ));
-            }
-            if value.is_empty() || value.len() > 1024 || value.chars().any(char::is_control) {
-                return Err(PipelineError::InvalidParam(key.clone()));
-            }
+            let Some(param) = self.params.get(key) else {
+                let allowed: Vec<&str> = self.params.keys().map(String::as_str).collect();
+                return Err(PipelineError::ParamNotAllowed(key.clone(), allowed.join(", ")));
+            };
+            // The checks also keep out what Meshroom would read otherwise: `{Node.attr}` is a
+            // link between nodes, and a value that is not of the attribute's type fails hours in.
+            param
+                .check(value)
+                .map_err(|accepted| PipelineError::InvalidParam(key.clone(), accepted))?;
             all.push(format!("{key}={value}"));
         }
         Ok(all)
@@ -152,7 +214,7 @@ fn parse(name: &str, text: &str, dir: &Path) -> Result<Preset, PipelineError> {
     // Meshroom's own pattern for overrides: (\w+)([:.])(\w[\w.]*)=(.*)
     let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.');
     let override_keys = preset.overrides.iter().map(|o| o.split('=').next().unwrap_or(""));
-    for p in preset.allowed_params.iter().map(String::as_str).chain(override_keys) {
+    for p in preset.params.keys().map(String::as_str).chain(override_keys) {
         let ok = p
             .split_once([':', '.'])
             .is_some_and(|(node, param)| word(node) && word(param));
@@ -190,7 +252,62 @@ mod tests {
             Err(PipelineError::ParamNotAllowed(..))
         ));
         let nl = BTreeMap::from([("Texturing:textureSide".to_string(), "1\n2".to_string())]);
-        assert!(matches!(draft.overrides_with(&nl), Err(PipelineError::InvalidParam(_))));
+        assert!(matches!(
+            draft.overrides_with(&nl),
+            Err(PipelineError::InvalidParam(..))
+        ));
+    }
+
+    #[test]
+    fn params_are_checked_against_their_type_and_bounds() {
+        let p = Pipelines::load(Path::new("/nonexistent")).unwrap();
+        let check = |preset: &str, key: &str, value: &str| {
+            let params = BTreeMap::from([(key.to_string(), value.to_string())]);
+            p.get(preset)
+                .unwrap()
+                .overrides_with(&params)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (preset, key, value) in [
+            ("default", "DepthMap:downscale", "4"),
+            ("draft", "Meshing:maxPoints", "100000"),
+            ("draft", "MeshFiltering:keepLargestMeshOnly", "true"),
+            ("draft", "FeatureExtraction:describerPreset", "ultra"),
+            ("colmap-sparse", "SiftExtraction.max_image_size", "1600"),
+        ] {
+            assert_eq!(check(preset, key, value), Ok(()), "{key}={value}");
+        }
+        for (preset, key, value, says) in [
+            ("default", "DepthMap:downscale", "0", "one of 1, 2, 4, 8, 16"),
+            (
+                "draft",
+                "Meshing:maxPoints",
+                "lots",
+                "a whole number from 100000 to 10000000",
+            ),
+            ("draft", "Meshing:maxPoints", "99999", "from 100000"),
+            (
+                "draft",
+                "Meshing:maxPoints",
+                "{Texturing_1.textureSide}",
+                "whole number",
+            ),
+            ("draft", "MeshFiltering:keepLargestMeshOnly", "yes", "true or false"),
+            ("draft", "Texturing:textureSide", "4096.0", "one of 1024, 2048"),
+            (
+                "draft",
+                "FeatureExtraction:describerPreset",
+                "{CameraInit_1.output}",
+                "one of low, medium",
+            ),
+            ("colmap-sparse", "Mapper.min_num_matches", "-1", "from 3 to 10000"),
+        ] {
+            let err = check(preset, key, value).unwrap_err();
+            assert!(err.contains(says), "{key}={value}: {err}");
+        }
+        assert_eq!(Param::Float { min: 0.0, max: 1.0 }.check("0.5"), Ok(()));
+        assert!(Param::Float { min: 0.0, max: 1.0 }.check("NaN").is_err());
     }
 
     #[test]

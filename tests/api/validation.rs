@@ -42,6 +42,16 @@ async fn json_submits_are_checked() {
             400,
             "invalid_param",
         ),
+        (
+            json!({"image_urls": [ok], "params": {"Texturing:textureSide": 3000}}),
+            400,
+            "invalid_param",
+        ),
+        (
+            json!({"image_urls": [ok], "params": {"Meshing:maxPoints": "{Texturing_1.textureSide}"}}),
+            400,
+            "invalid_param",
+        ),
         (json!({"image_urls": [ok], "timeout_secs": 0}), 400, "invalid_timeout"),
         (json!({"image_urls": [ok], "surprise": true}), 400, "invalid_json"),
         (json!({"image_urls": "http://x/a.jpg"}), 400, "invalid_json"),
@@ -49,6 +59,21 @@ async fn json_submits_are_checked() {
     for (body, status, code) in cases {
         expect_error(app.post_json("/api/v1/jobs", &body).await, status, code).await;
     }
+    // The message names what the parameter accepts.
+    let resp = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({"image_urls": [ok], "params": {"Texturing:textureSide": 3000}}),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("one of 1024, 2048, 4096, 8192, 16384"),
+        "{body}"
+    );
     let resp = app
         .client
         .post(app.url("/api/v1/jobs"))
