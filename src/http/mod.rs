@@ -107,6 +107,11 @@ pub(crate) fn quote(text: &str) -> String {
     }
 }
 
+/// How long an idle keep-alive connection stays open. Longer than the idle timeouts of common
+/// client pools (reqwest and Go 90 s, browsers 60 s or less), so that a client never sends a
+/// request on a connection the server is closing at that moment (actix's default is 5 s).
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Builds the server on a bound listener; it stops gracefully on SIGINT and SIGTERM.
 pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(app);
@@ -132,6 +137,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
             }))
     })
+    .keep_alive(KEEP_ALIVE)
     .listen(listener)?
     .shutdown_timeout(30)
     .run();
@@ -156,6 +162,7 @@ pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix
             }))
     })
     .workers(1)
+    .keep_alive(KEEP_ALIVE)
     .listen(listener)?
     .shutdown_timeout(5)
     .run();
