@@ -145,8 +145,16 @@ async fn colmap_runs_are_supervised_like_meshroom() {
         .upload(files, &[("pipeline", "colmap-sparse"), ("timeout_secs", "2")])
         .await;
     let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // COLMAP runs before the limit ends it.
+    app.wait_for(&id, 30, |j| {
+        !job_processes(&id).is_empty() || j["status"] != "processing" && j["status"] != "enqueued"
+    })
+    .await;
+    let tree = process_tree(&job_processes(&id));
+    assert!(!tree.is_empty(), "COLMAP was running");
     let job = app.wait_final(&id, 60).await;
     assert_eq!(job["error"]["code"], "engine_timeout", "{job:#}");
+    assert_eq!(still_running(&tree), Vec::<i32>::new());
     // The tail holds what COLMAP printed before it was stopped.
     assert!(
         job["log_tail"].as_str().unwrap().contains("Feature extraction"),

@@ -392,3 +392,66 @@ pub fn signature_valid(hook: &Hook) -> bool {
 pub fn job_processes(id: &str) -> Vec<i32> {
     meshroom_svc::process::job_pids(id.parse().unwrap(), None)
 }
+
+/// `(pid, parent, session)` of every process, read from /proc.
+fn all_processes() -> Vec<(i32, i32, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, pgrp, session.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(ppid), Some(sid)) = (fields.get(1), fields.get(3)) {
+            out.push((pid, ppid.parse().unwrap_or(0), sid.parse().unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// The real process tree of `roots`, independent of the service's own marker scan: their
+/// descendants by parent, and every member of a session one of them leads (the engine's node
+/// commands start sessions of their own). The test process's session is left out.
+pub fn process_tree(roots: &[i32]) -> std::collections::BTreeSet<i32> {
+    let own_session = all_processes()
+        .iter()
+        .find(|p| p.0 == std::process::id() as i32)
+        .map_or(0, |p| p.2);
+    let mut tree: std::collections::BTreeSet<i32> = roots.iter().copied().collect();
+    loop {
+        let procs = all_processes();
+        let sessions: Vec<i32> = procs
+            .iter()
+            .filter(|p| tree.contains(&p.0) && p.2 != own_session)
+            .map(|p| p.2)
+            .collect();
+        let before = tree.len();
+        for (pid, ppid, sid) in procs {
+            if tree.contains(&ppid) || (sid != own_session && sessions.contains(&sid)) {
+                tree.insert(pid);
+            }
+        }
+        if tree.len() == before {
+            return tree;
+        }
+    }
+}
+
+/// Those of `pids` that still run (zombies count as gone: only their exit status is left).
+pub fn still_running(pids: &std::collections::BTreeSet<i32>) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+                == Some(false)
+        })
+        .collect()
+}

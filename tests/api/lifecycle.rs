@@ -190,9 +190,12 @@ async fn timeout_kills_the_whole_tree() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let id = app
-        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "timeout_secs": 2}))
+        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "timeout_secs": 4}))
         .await;
-    app.wait_for(&id, 20, |_| !job_processes(&id).is_empty()).await;
+    // The tree exists first: the engine, the hanging node and its grandchild in another session.
+    app.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
+    let tree = process_tree(&job_processes(&id));
+    assert!(tree.len() >= 3, "{tree:?}");
     let job = app.wait_final(&id, 30).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["code"], "engine_timeout");
@@ -201,6 +204,7 @@ async fn timeout_kills_the_whole_tree() {
         Vec::<i32>::new(),
         "no process of the job may survive"
     );
+    assert_eq!(still_running(&tree), Vec::<i32>::new(), "by parent and session too");
 }
 
 #[tokio::test]
@@ -211,11 +215,13 @@ async fn cancel_while_running_kills_every_process() {
     let id = app.submit(body).await;
     // The hanging node ignores SIGTERM and has a grandchild in another session: 3+ processes.
     app.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
+    let tree = process_tree(&job_processes(&id));
     let resp = app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
     assert_eq!(resp.status(), 202);
     let job = app.wait_final(&id, 20).await;
     assert_eq!(job["status"], "canceled");
     assert_eq!(job_processes(&id), Vec::<i32>::new());
+    assert_eq!(still_running(&tree), Vec::<i32>::new(), "by parent and session too");
     let hooks = edge.wait_hooks(1, 10).await;
     let body: Value = serde_json::from_slice(&hooks[0].body).unwrap();
     assert_eq!(body["event"], "job.canceled");
