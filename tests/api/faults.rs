@@ -134,16 +134,20 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
         .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
         .await;
     api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
-    // Let the run settle: a batch tool killed while it still prints dies of the broken pipe.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let orphans = process_tree(&job_processes(&id));
     worker.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!job_processes(&id).is_empty(), "the engine outlives a SIGKILLed worker");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left = still_running(&orphans);
+    assert!(
+        left.len() >= 3,
+        "the engine outlives a SIGKILLed worker: {left:?} of {orphans:?}"
+    );
     let _restarted = c.work("node-a", "none").await;
     assert!(
         job_processes(&id).is_empty(),
         "the new worker stopped them before taking jobs"
     );
+    assert_eq!(still_running(&orphans), Vec::<i32>::new(), "by parent and session too");
     assert_eq!(api.wait_final(&id, 30).await["error"]["code"], "poison_job");
 }
 
