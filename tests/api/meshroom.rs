@@ -60,3 +60,73 @@ async fn engines_never_see_the_services_secrets() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn every_preset_and_parameter_is_accepted_by_the_engine() {
+    // The fake refuses unknown node types, attribute names and values of the wrong type as the
+    // real tool does, so a typo in a preset fails here rather than in a production job.
+    use meshroom_svc::pipelines::{Engine, Param};
+    let app = spawn_app_with(|_| {}, vec![0]).await;
+    let edge = Edge::start().await;
+    let url = edge.add("p.jpg", photo(0));
+    let mut ids = Vec::new();
+    for name in app.app.pipelines.names() {
+        let preset = app.app.pipelines.get(name).unwrap();
+        if preset.engine != Engine::Meshroom {
+            continue;
+        }
+        let params: serde_json::Map<String, serde_json::Value> = preset
+            .params
+            .iter()
+            .map(|(key, param)| {
+                let value = match param {
+                    Param::Int { min, .. } => json!(min),
+                    Param::Float { min, .. } => json!(min),
+                    Param::Bool => json!(true),
+                    Param::Choice { values } => match &values[0] {
+                        toml::Value::Integer(i) => json!(i),
+                        other => json!(other.as_str().unwrap()),
+                    },
+                };
+                (key.clone(), value)
+            })
+            .collect();
+        let id = app
+            .submit(json!({"image_urls": [url], "pipeline": name, "params": params}))
+            .await;
+        ids.push((name.to_string(), id));
+    }
+    assert!(ids.len() >= 3, "{ids:?}");
+    for (name, id) in ids {
+        let job = app.wait_final(&id, 60).await;
+        assert_eq!(job["status"], "succeeded", "preset {name}: {job:#}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_override_fails_the_job_with_the_engines_message() {
+    // A preset folder with a typo in an attribute name: the engine refuses it (exit 1).
+    let app = spawn_app_with(
+        |c| {
+            let dir = c.server.data_dir.parent().unwrap().join("presets");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("typo.toml"),
+                "description = \"x\"\nengine = \"meshroom\"\npipeline = \"photogrammetryDraft\"\ngpu = false\n\
+                 overrides = [\"Texturing:textureSize=2048\"]\n",
+            )
+            .unwrap();
+            c.engine.pipelines_dir = dir;
+        },
+        vec![],
+    )
+    .await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add("p.jpg", photo(0))], "pipeline": "typo"}))
+        .await;
+    let job = app.wait_final(&id, 30).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "engine_failed", "{job:#}");
+    assert!(job["log_tail"].as_str().unwrap().contains("textureSize"), "{job:#}");
+}
