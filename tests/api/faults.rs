@@ -134,13 +134,15 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
         .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
         .await;
     api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
+    // Let the run settle before the kill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let orphans = process_tree(&job_processes(&id));
     worker.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let left = still_running(&orphans);
     assert!(
-        left.len() >= 3,
-        "the engine outlives a SIGKILLed worker: {left:?} of {orphans:?}"
+        !left.is_empty(),
+        "the engine outlives a SIGKILLed worker: none of {orphans:?}"
     );
     let _restarted = c.work("node-a", "none").await;
     assert!(
