@@ -25,6 +25,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Storage backend.
     pub storage: StorageConfig,
+    /// Job state database.
+    pub database: DatabaseConfig,
     /// Outbound request policy.
     pub security: SecurityConfig,
     /// Secrets, read from the environment only and never printed.
@@ -36,7 +38,7 @@ mod sections;
 pub use sections::*;
 
 /// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`,
-/// `MESHROOM_SVC_AMQP_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+/// `MESHROOM_SVC_AMQP_URL`, `MESHROOM_SVC_DATABASE_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
 #[derive(Clone, Default, PartialEq)]
 pub struct Secrets {
     /// Accepted `X-API-Key` values; empty means no authentication.
@@ -45,6 +47,8 @@ pub struct Secrets {
     pub webhook_secret: Option<String>,
     /// RabbitMQ URL with credentials, e.g. `amqp://user:pass@host:5672/%2f`.
     pub amqp_url: Option<String>,
+    /// Job state database, `postgres://user:pass@host/db` or `sqlite://PATH`.
+    pub database_url: Option<String>,
     /// S3 access key id.
     pub aws_access_key_id: Option<String>,
     /// S3 secret key.
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Secrets {
             .field("api_keys", &format!("{} key(s)", self.api_keys.len()))
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "set"))
             .field("amqp_url", &self.amqp_url.as_ref().map(|_| "set"))
+            .field("database_url", &self.database_url.as_ref().map(|_| "set"))
             .field("aws_access_key_id", &self.aws_access_key_id.as_ref().map(|_| "set"))
             .field(
                 "aws_secret_access_key",
@@ -191,6 +196,17 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &self.secrets.database_url {
+            let known = ["postgres://", "postgresql://", "sqlite:"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                problems.push(
+                    "MESHROOM_SVC_DATABASE_URL: expected postgres://user:password@host:port/db or sqlite://PATH".into(),
+                );
+            }
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be greater than 0".into());
+        }
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }
@@ -217,6 +233,7 @@ impl Secrets {
                 .unwrap_or_default(),
             webhook_secret: get("MESHROOM_SVC_WEBHOOK_SECRET").filter(|s| !s.is_empty()),
             amqp_url: get("MESHROOM_SVC_AMQP_URL").filter(|s| !s.is_empty()),
+            database_url: get("MESHROOM_SVC_DATABASE_URL").filter(|s| !s.is_empty()),
             aws_access_key_id: get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()),
             aws_secret_access_key: get("AWS_SECRET_ACCESS_KEY").filter(|s| !s.is_empty()),
         }

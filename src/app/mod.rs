@@ -2,7 +2,7 @@
 //! webhooks. Roles start from here (see `roles`).
 
 use crate::config::{Config, QueueKind, StorageKind, DEFAULT_AMQP_URL};
-use crate::jobs::{DeliveryState, Job, Status, Store, StoreError};
+use crate::jobs::{Db, Job, Status, Store, StoreError};
 use crate::pipelines::{PipelineError, Pipelines};
 use crate::queue::{amqp, Amqp, Queue, QueueError};
 use crate::storage::{Storage, StorageError};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod outbox;
 mod roles;
 pub use roles::{start_all_in_one, start_serve, start_work, Running};
 
@@ -29,6 +30,9 @@ pub enum StartError {
     /// A pipeline preset is invalid.
     #[error(transparent)]
     Pipelines(#[from] PipelineError),
+    /// The job database could not be opened or migrated.
+    #[error("cannot open the job database {0}: {1}")]
+    Database(String, sqlx::Error),
     /// The listener could not be bound, or the data folder made.
     #[error("cannot use {0}: {1}")]
     Bind(String, std::io::Error),
@@ -95,6 +99,21 @@ impl App {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
+        let url = match (&config.secrets.database_url, role) {
+            (Some(url), _) => url.clone(),
+            (None, Role::AllInOne) => format!("sqlite://{}", data_dir.join("meshroom.db").display()),
+            (None, _) => {
+                return Err(StartError::Refused(
+                    "set MESHROOM_SVC_DATABASE_URL (postgres://user:password@host:5432/db): every serve and \
+                     work process must share one job database"
+                        .into(),
+                ))
+            }
+        };
+        let db = Db::open(&url, config.database.max_connections)
+            .await
+            .map_err(|e| StartError::Database(crate::jobs::db::redacted(&url), e))?;
+        log::info!("job database: {} ({})", db.kind(), crate::jobs::db::redacted(&url));
         let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
         let default = &config.server.default_pipeline;
         if !default.is_empty() && pipelines.get(default).is_none() {
@@ -147,7 +166,7 @@ impl App {
             }
         };
         Ok(Arc::new(App {
-            store: Arc::new(Store::new(storage.clone())),
+            store: Arc::new(Store::new(db)),
             storage,
             queue: Arc::new(queue),
             pipelines,
@@ -205,6 +224,17 @@ impl App {
         self.queue.push(job.id, gpu, job.priority).await
     }
 
+    /// Queues a stored job and records that its message is out. When the queue refuses, the job
+    /// stays stored, and the outbox sweep (`outbox`) publishes it once the queue is back.
+    pub async fn publish(&self, job: &Job) -> Result<(), QueueError> {
+        self.enqueue(job).await?;
+        if let Err(e) = self.store.published(job.id).await {
+            // The sweep will publish it again: a duplicate message finds the job taken or done.
+            log::warn!("job {}: queued, but not marked published: {e}", job.id);
+        }
+        Ok(())
+    }
+
     /// Starts the delivery of a job's pending webhook: a task here, or a message to RabbitMQ.
     pub async fn start_webhook(&self, id: Uuid) -> Result<(), QueueError> {
         match &*self.queue {
@@ -220,21 +250,35 @@ impl App {
     /// stopped back in the queue, oldest first, and resumes pending webhook deliveries.
     pub async fn recover(self: &Arc<Self>) -> Result<(), StartError> {
         let _ = tokio::fs::remove_dir_all(self.tmp_dir()).await; // half-received uploads
-        for id in self.store.all_ids().await?.into_iter().rev() {
-            let Some(job) = self.store.get(id).await? else { continue };
-            if matches!(job.status, Status::Enqueued | Status::Processing) {
-                if job.status == Status::Processing {
-                    log::warn!("job {id}: was processing when the service stopped; queued again");
-                }
-                self.enqueue(&job)
-                    .await
-                    .map_err(|e| StartError::Refused(e.to_string()))?;
+        for job in self.store.unfinished().await? {
+            if job.status == Status::Processing {
+                log::warn!("job {}: was processing when the service stopped; resumed", job.id);
+                // This process owns the data folder and has stopped its predecessor's engines:
+                // the dead process's lease protects nothing, so the job is taken over at once.
+                crate::jobs::lifecycle::release(&self.store, job.id).await?;
             }
-            if job.webhook.is_some_and(|w| w.state == DeliveryState::Pending) {
-                self.webhooks.spawn(self.store.clone(), id);
-            }
+            self.enqueue(&job)
+                .await
+                .map_err(|e| StartError::Refused(e.to_string()))?;
+        }
+        for id in self.store.pending_webhooks().await? {
+            self.webhooks.spawn(self.store.clone(), id);
         }
         Ok(())
+    }
+
+    /// Deletes a job: its record first, then its files (a crash in between leaves files that no
+    /// record names, never a job without its files). False, with nothing deleted, if it did not
+    /// exist or a worker is running it.
+    pub async fn remove_job(&self, id: Uuid) -> Result<bool, StoreError> {
+        if !self.store.remove(id).await? {
+            return Ok(false);
+        }
+        if let Err(e) = self.storage.delete_prefix(&Job::key(id, "")).await {
+            log::warn!("job {id}: record deleted, but not all its files: {e}");
+        }
+        let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
+        Ok(true)
     }
 
     /// Deletes finished jobs older than the retention, now and then.
@@ -260,15 +304,15 @@ impl App {
 
     async fn expire(&self, retention: u64) -> Result<(), StoreError> {
         let cutoff = chrono::Utc::now() - chrono::Duration::seconds(retention as i64);
-        for id in self.store.all_ids().await? {
-            let Some(job) = self.store.get(id).await? else { continue };
-            let pending = job.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending);
-            if job.status.is_final() && job.finished_at.is_some_and(|t| t < cutoff) && !pending {
+        loop {
+            let expired = self.store.expired(cutoff).await?;
+            for id in &expired {
                 log::info!("job {id}: deleted after the retention period");
-                self.store.remove(id).await?;
-                let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
+                self.remove_job(*id).await?;
+            }
+            if expired.len() < 100 {
+                return Ok(());
             }
         }
-        Ok(())
     }
 }

@@ -33,6 +33,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.app.store.db().close().await;
         served
     }
 }
@@ -157,13 +158,18 @@ fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) 
     })
 }
 
-/// Retention sweeps and, with RabbitMQ, webhook attempts: every role runs both.
+/// Retention sweeps and, with RabbitMQ, webhook attempts and the outbox sweep: every role runs them.
 fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     app.spawn_retention();
+    let mut tasks = Vec::new();
+    if matches!(*app.queue, Queue::Rabbitmq(_)) {
+        tasks.push(tokio::spawn(super::outbox::run(app.clone())));
+    }
     let app = app.clone();
-    vec![tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         app.webhooks.consume(&app.store, &app.queue, &app.shutdown).await
-    })]
+    }));
+    tasks
 }
 
 fn warn_about_setup(app: &Arc<App>) {

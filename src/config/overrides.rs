@@ -5,10 +5,11 @@ use super::Config;
 use toml::{Table, Value};
 
 /// Variables of the `MESHROOM_SVC_` family that are not settings: the secrets.
-pub(super) const SECRET_VARS: [&str; 3] = [
+pub(super) const SECRET_VARS: [&str; 4] = [
     "MESHROOM_SVC_API_KEYS",
     "MESHROOM_SVC_WEBHOOK_SECRET",
     "MESHROOM_SVC_AMQP_URL",
+    "MESHROOM_SVC_DATABASE_URL",
 ];
 
 /// Returns the file's table with environment overrides applied; pushes every problem found.

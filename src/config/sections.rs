@@ -126,6 +126,21 @@ pub struct QueueConfig {
     pub lease_secs: u64,
 }
 
+/// `[database]`: where job state lives. The URL is a secret (`MESHROOM_SVC_DATABASE_URL`); without
+/// it, all-in-one keeps a SQLite file in `server.data_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connections this process keeps open to the database, at most.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { max_connections: 16 }
+    }
+}
+
 /// Storage backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,7 +2,8 @@
 
 use super::{submit, ApiError};
 use crate::app::App;
-use crate::jobs::{Job, Status};
+use crate::jobs::lifecycle::{self, Cancel};
+use crate::jobs::{Filter, Job, JobView, Status};
 use crate::{engine, worker};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -35,10 +36,10 @@ async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    responses((status = 200, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn get(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(find(&app, &id).await?))
+    Ok(HttpResponse::Ok().json(JobView::from(find(&app, &id).await?)))
 }
 
 /// `GET /jobs` query.
@@ -48,6 +49,12 @@ pub(super) async fn get(app: web::Data<App>, id: web::Path<String>) -> Result<Ht
 pub(super) struct ListQuery {
     /// Only jobs with this status.
     status: Option<Status>,
+    /// Only jobs of this preset.
+    pipeline: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
@@ -73,8 +80,9 @@ pub(super) enum View {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct JobPage {
     /// The jobs.
-    jobs: Vec<Job>,
-    /// Pass as `cursor` for the next page; null on the last page.
+    jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<Uuid>,
 }
 
@@ -86,7 +94,14 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", "limit must be 1 to 100"));
     }
-    let (mut jobs, next_cursor) = app.store.list(q.status, limit, q.cursor).await?;
+    let filter = Filter {
+        status: q.status,
+        pipeline: q.pipeline.clone(),
+        created_after: q.created_after,
+        created_before: q.created_before,
+    };
+    let (jobs, next_cursor) = app.store.list(&filter, limit, q.cursor).await?;
+    let mut jobs: Vec<JobView> = jobs.into_iter().map(JobView::from).collect();
     if q.view == Some(View::Summary) {
         for job in &mut jobs {
             job.image_urls = Vec::new();
@@ -101,77 +116,56 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, description = "Canceled (it was queued)", body = Job),
-        (status = 202, description = "Stopping (it is running)", body = Job),
+    responses((status = 200, description = "Canceled (it was queued)", body = JobView),
+        (status = 202, description = "Stopping (it is running)", body = JobView),
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = find(&app, &id).await?;
-    if job.status.is_final() {
-        let message = format!("the job is already {}", job.status.as_str());
-        return Err(ApiError::new(StatusCode::CONFLICT, "job_not_cancelable", message));
-    }
-    // The marker reaches the job's worker wherever it runs (it looks every second).
-    app.store.request_cancel(job.id).await?;
-    let canceled = app
-        .store
-        .update(job.id, |j| {
-            if j.status == Status::Enqueued {
-                j.finish(Status::Canceled, None);
-                app.webhooks.begin(j);
-            }
-            j.clone()
-        })
+    let canceled = lifecycle::cancel(&app.store, &app.webhooks, job.id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    if canceled.status == Status::Canceled {
-        log::info!("job {}: canceled while queued", job.id);
-        app.start_webhook(job.id).await?;
-        return Ok(HttpResponse::Ok().json(canceled));
+    match canceled {
+        Cancel::Canceled(job) => {
+            log::info!("job {}: canceled while queued", job.id);
+            app.start_webhook(job.id).await?;
+            Ok(HttpResponse::Ok().json(JobView::from(job)))
+        }
+        Cancel::Stopping(job) => {
+            // Its worker sees the request within a second, wherever it runs; here, at once.
+            worker::cancel(&app, job.id);
+            log::info!("job {}: cancel requested while running", job.id);
+            Ok(HttpResponse::Accepted().json(JobView::from(job)))
+        }
+        Cancel::Final(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_cancelable",
+            format!("the job is already {}", status.as_str()),
+        )),
     }
-    worker::cancel(&app, job.id);
-    log::info!("job {}: cancel requested while running", job.id);
-    Ok(HttpResponse::Accepted().json(Job {
-        cancel_requested: true,
-        ..canceled
-    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 202, body = Job), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    responses((status = 202, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = find(&app, &id).await?;
-    if !matches!(job.status, Status::Failed | Status::Canceled) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_not_retryable",
-            "only failed or canceled jobs can be retried",
-        ));
-    }
-    app.store.clear_cancel(job.id).await?;
-    let retried = app
-        .store
-        .update(job.id, |j| {
-            j.reset_for_retry();
-            j.clone()
-        })
+    let retried = lifecycle::retry(&app.store, job.id)
         .await?
-        .ok_or_else(ApiError::job_not_found)?;
-    if let Err(e) = app.enqueue(&retried).await {
-        // Not queued: put the job back as it was, so that it can be retried again.
-        app.store
-            .update(job.id, |j| {
-                *j = Job {
-                    updated_at: j.updated_at,
-                    ..job.clone()
-                }
-            })
-            .await?;
-        return Err(e.into());
+        .ok_or_else(ApiError::job_not_found)?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "job_not_retryable",
+                "only failed or canceled jobs can be retried",
+            )
+        })?;
+    // Committed: when the queue refuses now, the outbox sweep queues it later.
+    if let Err(e) = app.publish(&retried).await {
+        log::warn!("job {}: retried, queued later ({e})", job.id);
     }
     log::info!("job {}: retried", job.id);
-    Ok(HttpResponse::Accepted().json(retried))
+    Ok(HttpResponse::Accepted().json(JobView::from(retried)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -180,15 +174,18 @@ pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<
     security(("api_key" = [])))]
 pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = find(&app, &id).await?;
-    if job.status == Status::Processing {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_running",
-            "cancel the job before deleting it",
-        ));
+    if !app.remove_job(job.id).await? {
+        // A worker runs it (the store never deletes a processing job), or another request
+        // deleted it meanwhile.
+        return match app.store.get(job.id).await? {
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_running",
+                "cancel the job before deleting it",
+            )),
+            None => Err(ApiError::job_not_found()),
+        };
     }
-    app.store.remove(job.id).await?;
-    let _ = tokio::fs::remove_dir_all(app.work_dir(job.id)).await;
     log::info!("job {}: deleted", job.id);
     Ok(HttpResponse::NoContent().finish())
 }
@@ -218,12 +215,7 @@ pub(super) async fn file(
         return Err(not_found());
     }
     let key = Job::key(job.id, &format!("results/{name}"));
-    if let Some(url) = app
-        .storage
-        .presigned_url(&key)
-        .await
-        .map_err(crate::jobs::StoreError::from)?
-    {
+    if let Some(url) = app.storage.presigned_url(&key).await? {
         // S3: the client downloads straight from the bucket, Range and all.
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
     }
@@ -231,7 +223,7 @@ pub(super) async fn file(
     match super::files::respond(&req, &local).await {
         Ok(resp) => Ok(resp),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
-        Err(source) => Err(crate::jobs::StoreError::from(crate::storage::StorageError::Io { key, source }).into()),
+        Err(source) => Err(crate::storage::StorageError::Io { key, source }.into()),
     }
 }
 

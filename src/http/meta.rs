@@ -20,10 +20,14 @@ pub(super) async fn health() -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/ready", tag = "service",
-    responses((status = 200, description = "Storage, queue and engine are usable"), (status = 503, description = "Something is not; see checks")))]
+    responses((status = 200, description = "Database, storage, queue and engine are usable"), (status = 503, description = "Something is not; see checks")))]
 pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
     let storage = match app.storage.check().await {
         Ok(()) => "ok".to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    let database = match app.store.db().ping().await {
+        Ok(()) => format!("ok: {}", app.store.db().kind()),
         Err(e) => format!("error: {e}"),
     };
     // Ready means the engine of the default pipeline can run; the other one is reported.
@@ -43,10 +47,12 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
         Ok(line) => line,
         Err(why) => format!("error: {why}"),
     };
-    let ok = [&storage, &engine, &queue, &disk].iter().all(|s| s.starts_with("ok"));
+    let ok = [&database, &storage, &engine, &queue, &disk]
+        .iter()
+        .all(|s| s.starts_with("ok"));
     // Meshing is optional (COLMAP jobs still succeed without it): reported, never a reason to be unready.
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": {
-        "storage": storage, "queue": queue, "engine": engine, "disk": disk, "mesher": app.mesher()}});
+        "database": database, "storage": storage, "queue": queue, "engine": engine, "disk": disk, "mesher": app.mesher()}});
     if ok {
         HttpResponse::Ok().json(body)
     } else {
@@ -67,6 +73,7 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
         "engines": {"meshroom": binary(Engine::Meshroom), "colmap": binary(Engine::Colmap)},
         "queue": {"kind": app.queue.kind(), "depth": app.queue.depth().await},
         "storage": app.storage.kind(),
+        "database": app.store.db().kind(),
         "running_here": app.running.lock().expect("lock").len(),
         "gpus": app.gpus,
         "pipelines": app.pipelines.names(),

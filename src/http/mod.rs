@@ -91,8 +91,19 @@ impl From<StoreError> for ApiError {
         log::error!("job store: {e}");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the job database is unavailable; try again",
+        )
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        log::error!("storage: {e}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
-            "job storage is unavailable; try again",
+            "storage is unavailable; try again",
         )
     }
 }

@@ -4,7 +4,7 @@
 use super::staging::{next_within, Staging};
 use super::{multipart, quote, ApiError};
 use crate::app::App;
-use crate::jobs::{Job, Upload};
+use crate::jobs::{Job, JobView, Upload};
 use crate::pipelines::PipelineError;
 use actix_multipart::Multipart;
 use actix_web::http::StatusCode;
@@ -67,7 +67,7 @@ pub struct SubmitForm {
     )),
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe submit: the same key returns the same job")),
     responses(
-        (status = 202, description = "Accepted and stored", body = Job),
+        (status = 202, description = "Accepted and stored", body = JobView),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
         (status = 408, body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
@@ -132,26 +132,16 @@ pub(super) async fn submit(
     }
     drop(staging);
     let new_id = job.id;
-    let (stored, queued) = if job.idempotency_key.is_none() {
-        // Stored and queued at once: the answer waits for the slower of the two, not their sum,
-        // and the S3 server sees every pending submit at once. A worker that gets the message
-        // before the record exists waits for it (see `worker::process`).
-        let (stored, queued) = tokio::join!(app.store.insert(job.clone()), app.enqueue(&job));
-        (stored?, queued)
-    } else {
-        let stored = app.store.insert(job).await?;
-        if stored.id != new_id {
-            // A concurrent request with the same Idempotency-Key won the race: drop our copy.
-            let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
-            return Ok(accepted(&stored, true));
-        }
-        let queued = app.enqueue(&stored).await;
-        (stored, queued)
-    };
-    if let Err(e) = queued {
-        // Not queued, so not accepted: remove it, and the client may submit again.
-        let _ = app.store.remove(stored.id).await;
-        return Err(e.into());
+    // Committed before it is queued: a worker never gets a message for a job it cannot read.
+    let stored = app.store.insert(job).await?;
+    if stored.id != new_id {
+        // A concurrent request with the same Idempotency-Key won the race: drop our copy.
+        let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
+        return Ok(accepted(&stored, true));
+    }
+    if let Err(e) = app.publish(&stored).await {
+        // The job is stored, so it is accepted: the outbox sweep queues it once the broker is back.
+        log::warn!("job {}: stored, to be queued later ({e})", stored.id);
     }
     app.metrics.submitted.inc();
     log::info!(
@@ -168,7 +158,7 @@ pub(super) async fn submit(
 #[utoipa::path(post, path = "/api/v1/reconstruct", tag = "jobs",
     request_body(content((SubmitRequest = "application/json"), (SubmitForm = "multipart/form-data"))),
     params(("Idempotency-Key" = Option<String>, Header, description = "As for POST /api/v1/jobs")),
-    responses((status = 202, description = "As for POST /api/v1/jobs", body = Job),
+    responses((status = 202, description = "As for POST /api/v1/jobs", body = JobView),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
         (status = 408, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
         (status = 415, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
@@ -188,7 +178,7 @@ fn accepted(job: &Job, replayed: bool) -> HttpResponse {
     if replayed {
         resp.insert_header(("idempotent-replayed", "true"));
     }
-    resp.json(job)
+    resp.json(JobView::from(job.clone()))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {

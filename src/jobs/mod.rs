@@ -1,4 +1,5 @@
-//! Jobs: the record every part of the service reads and writes, and the store that keeps it.
+//! Jobs: the record every part of the service reads and writes, the database that keeps it, the
+//! lifecycle rules that change it, and the view clients get.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -6,8 +7,13 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub mod db;
+pub mod lifecycle;
 mod store;
-pub use store::{record_key, Store, StoreError};
+mod view;
+pub use db::Db;
+pub use store::{Filter, Store, StoreError};
+pub use view::JobView;
 
 /// Lifecycle of a job (the same names as meilisearch tasks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -173,8 +179,9 @@ pub struct Delivery {
     pub attempts: Vec<Attempt>,
 }
 
-/// A reconstruction job: what was asked, where it is, and what came out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// The stored record of a job: what was asked, where it is, what came out, and what workers need
+/// to hold it (lease, lost attempts). Clients see a `JobView` of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// UUIDv7: ids sort by creation time.
     pub id: Uuid,

@@ -1,289 +1,314 @@
-//! Job records in storage, read through on every call so that every process sees the same state
-//! (listings reuse a record only when the listing shows its content unchanged).
+//! Job records in the database (`db`): one row per job, every change one statement.
 //!
-//! - `records/{inverted id}`: the record, as JSON. Ids are UUIDv7, so ascending inverted ids list
-//!   newest first, as S3 can only list in ascending order; and one object per job means a submit
-//!   costs one storage write.
-//! - `jobs/{id}/cancel`: a cancel marker, written by the API, polled by the worker running the job.
-//! - `idempotency/{sha256 of key}`: the id of the job submitted with that `Idempotency-Key`.
-//! - `webhooks/gone/{sha256 of URL}`: a webhook endpoint that answered 410 Gone.
+//! A row holds the whole record as JSON (`doc`) and the columns derived from it that lists and
+//! sweeps select on. Changes are compare-and-set on `version`: read, change, write back only if
+//! nobody wrote in between, else apply the change again to the newer record. So two processes
+//! never lose each other's writes, with no lock held across a network call.
 
-use super::{Job, Status};
-use crate::storage::{Storage, StorageError};
-use futures_util::{StreamExt, TryStreamExt};
+use super::db::{on, Db};
+use super::{DeliveryState, Job, Status};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
 /// Job store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Storage could not be read or written.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
+    /// The database could not be reached or refused a statement.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
     /// A record could not be encoded or decoded.
     #[error("job record: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
-/// Index entries read per list call at most, so a rare status filter cannot scan forever: the page
-/// may then hold fewer jobs than asked, with a cursor to go on.
-const SCAN_LIMIT: usize = 1000;
-
-/// Records read at once when a page is listed.
-const READ_AHEAD: usize = 16;
-
-/// Read-modify-write turns of records within this process; a job always takes the same one.
-const TURNS: usize = 64;
-
-/// Records kept from listings, at most (a few KiB each).
-const LISTED: usize = 4096;
+/// Which jobs a list shows; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this preset.
+    pub pipeline: Option<String>,
+    /// Created at or after this time (to the millisecond).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this time (to the millisecond).
+    pub created_before: Option<DateTime<Utc>>,
+}
 
 /// Reads and writes job records.
 #[derive(Debug)]
 pub struct Store {
-    storage: Storage,
-    // Read-modify-write of a record within this process is serialized, per record (striped, so
-    // unrelated jobs rarely wait on each other); across processes each record has one writer at a
-    // time (the API before and after a run, the worker during it).
-    turns: Vec<Mutex<()>>,
-    // Submits with an Idempotency-Key look the key up and store it as one step.
-    idempotent: Mutex<()>,
-    // Records read for listings, with the entity tag they were listed with: a listing that shows
-    // the same tag again needs no read, so a page costs one request when nothing changed. Every
-    // write changes `updated_at`, hence the content and the tag; local storage gives no tags.
-    listed: std::sync::Mutex<HashMap<Uuid, (String, Job)>>,
+    db: Db,
 }
 
-/// The storage key of a job's record.
-pub fn record_key(id: Uuid) -> String {
-    format!("records/{}", index_name(id))
+/// A row's key: the id's 16 bytes, whose order is creation order.
+fn key(id: Uuid) -> Vec<u8> {
+    id.as_bytes().to_vec()
 }
 
-fn index_name(id: Uuid) -> String {
-    format!("{:032x}", u128::MAX - id.as_u128())
+/// The smallest id minted at `t`: ids below it were made before.
+fn id_floor(t: DateTime<Utc>) -> Vec<u8> {
+    let ms = t.timestamp_millis().max(0) as u128;
+    key(Uuid::from_u128(ms << 80))
 }
 
-fn index_id(name: &str) -> Option<Uuid> {
-    u128::from_str_radix(name, 16)
-        .ok()
-        .map(|inv| Uuid::from_u128(u128::MAX - inv))
+fn millis(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(|t| t.timestamp_millis())
 }
 
-fn gone_key(url: &str) -> String {
-    format!("webhooks/gone/{:x}", Sha256::digest(url.as_bytes()))
+/// True when the job's webhook has attempts to come.
+pub(super) fn webhook_pending(job: &Job) -> bool {
+    job.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending)
 }
 
-fn idempotency_key(key: &str) -> String {
-    format!("idempotency/{:x}", Sha256::digest(key.as_bytes()))
+/// A bound value of a list query.
+enum Param {
+    Text(String),
+    Bytes(Vec<u8>),
 }
 
 impl Store {
-    /// A store over `storage`.
-    pub fn new(storage: Storage) -> Store {
-        Store {
-            storage,
-            turns: (0..TURNS).map(|_| Mutex::new(())).collect(),
-            idempotent: Mutex::new(()),
-            listed: Default::default(),
-        }
+    /// A store on an open database.
+    pub fn new(db: Db) -> Store {
+        Store { db }
     }
 
-    fn turn(&self, id: Uuid) -> &Mutex<()> {
-        // The low bits of a UUIDv7 are random.
-        &self.turns[(id.as_u128() % TURNS as u128) as usize]
+    /// The database, for `/ready`.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
-    /// Stores a new job. With an idempotency key already used, returns the earlier job instead
-    /// (compare ids to tell).
+    /// Stores a new job, not yet published to the queue (see `unpublished`). With an idempotency
+    /// key already used, stores nothing and returns the earlier job (compare ids to tell): the
+    /// unique column decides between concurrent submits, on any number of replicas.
     pub async fn insert(&self, job: Job) -> Result<Job, StoreError> {
-        let Some(key) = &job.idempotency_key else {
-            self.write(&job).await?;
-            return Ok(job);
-        };
-        let _guard = self.idempotent.lock().await;
-        if let Some(earlier) = self.find_idempotent(key).await? {
-            return Ok(earlier);
+        let doc = serde_json::to_string(&job)?;
+        let sql = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
+                   unpublished_since, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) \
+                   ON CONFLICT (idempotency_key) DO NOTHING";
+        for _ in 0..3 {
+            let inserted = on!(&self.db, pool => sqlx::query(sql)
+                .bind(key(job.id))
+                .bind(job.status.as_str())
+                .bind(&job.pipeline)
+                .bind(job.idempotency_key.as_deref())
+                .bind(millis(job.finished_at))
+                .bind(webhook_pending(&job))
+                .bind(Utc::now().timestamp_millis())
+                .bind(&doc)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            if inserted == 1 {
+                return Ok(job);
+            }
+            let Some(k) = &job.idempotency_key else { break };
+            // The key's job may be deleted between the two statements: then insert again.
+            if let Some(earlier) = self.find_idempotent(k).await? {
+                return Ok(earlier);
+            }
         }
-        self.write(&job).await?;
-        self.storage
-            .put_bytes(&idempotency_key(key), job.id.to_string().as_bytes())
-            .await?;
-        Ok(job)
+        Err(StoreError::Db(sqlx::Error::Protocol(format!(
+            "job {} could not be inserted",
+            job.id
+        ))))
     }
 
     /// The job submitted with this idempotency key, if any.
-    pub async fn find_idempotent(&self, key: &str) -> Result<Option<Job>, StoreError> {
-        let Some(bytes) = self.storage.get_bytes(&idempotency_key(key)).await? else {
-            return Ok(None);
-        };
-        match String::from_utf8_lossy(&bytes).parse::<Uuid>() {
-            Ok(id) => self.get(id).await,
-            Err(_) => Ok(None),
-        }
+    pub async fn find_idempotent(&self, idempotency_key: &str) -> Result<Option<Job>, StoreError> {
+        let sql = "SELECT doc FROM jobs WHERE idempotency_key = $1";
+        let doc: Option<String> =
+            on!(&self.db, pool => sqlx::query_scalar(sql).bind(idempotency_key).fetch_optional(pool).await?);
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
     }
 
     /// One job.
     pub async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        match self.storage.get_bytes(&record_key(id)).await? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
+        Ok(self.read(id).await?.map(|(_, job)| job))
+    }
+
+    async fn read(&self, id: Uuid) -> Result<Option<(i64, Job)>, StoreError> {
+        let sql = "SELECT version, doc FROM jobs WHERE id = $1";
+        let row: Option<(i64, String)> =
+            on!(&self.db, pool => sqlx::query_as(sql).bind(key(id)).fetch_optional(pool).await?);
+        row.map(|(v, doc)| Ok((v, serde_json::from_str(&doc)?))).transpose()
     }
 
     /// Applies `f` to a job and stores the result; `None` if the job does not exist. Nothing is
-    /// written when `f` changes nothing.
-    pub async fn update<R>(&self, id: Uuid, f: impl FnOnce(&mut Job) -> R) -> Result<Option<R>, StoreError> {
-        let _guard = self.turn(id).lock().await;
-        let Some(current) = self.get(id).await? else {
-            return Ok(None);
-        };
-        let mut job = current.clone();
-        let out = f(&mut job);
-        if job != current {
-            job.updated_at = chrono::Utc::now();
-            self.write(&job).await?;
+    /// written when `f` changes nothing. When another process wrote the job in between, `f` runs
+    /// again on its newer state, so `f` must decide from the job it is given.
+    pub async fn update<R>(&self, id: Uuid, mut f: impl FnMut(&mut Job) -> R) -> Result<Option<R>, StoreError> {
+        loop {
+            let Some((version, current)) = self.read(id).await? else {
+                return Ok(None);
+            };
+            let mut job = current.clone();
+            let out = f(&mut job);
+            if job == current {
+                return Ok(Some(out));
+            }
+            job.updated_at = Utc::now();
+            // A retry puts a final job back in the queue: it needs a message again.
+            let republish = current.status.is_final() && job.status == Status::Enqueued;
+            if self.write(&job, version, republish).await? {
+                return Ok(Some(out));
+            }
         }
-        Ok(Some(out))
     }
 
-    /// Jobs newest first, optionally of one status, after the `after` id; and the cursor of the
-    /// next page, if there may be one.
+    async fn write(&self, job: &Job, version: i64, republish: bool) -> Result<bool, StoreError> {
+        let sql = "UPDATE jobs SET status = $2, finished_at = $3, webhook_pending = $4, doc = $5, \
+                   version = version + 1, \
+                   unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END \
+                   WHERE id = $1 AND version = $8";
+        let doc = serde_json::to_string(job)?;
+        let written = on!(&self.db, pool => sqlx::query(sql)
+            .bind(key(job.id))
+            .bind(job.status.as_str())
+            .bind(millis(job.finished_at))
+            .bind(webhook_pending(job))
+            .bind(&doc)
+            .bind(republish)
+            .bind(Utc::now().timestamp_millis())
+            .bind(version)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(written == 1)
+    }
+
+    /// Jobs newest first, as `filter` selects, after the `after` id; and the cursor of the next
+    /// page when there is one. Keyset pagination: each page is one indexed range read, full when
+    /// enough jobs match, and stable while jobs are added.
     pub async fn list(
         &self,
-        status: Option<Status>,
+        filter: &Filter,
         limit: usize,
         after: Option<Uuid>,
     ) -> Result<(Vec<Job>, Option<Uuid>), StoreError> {
-        let mut cursor = after.map(index_name);
-        if status.is_none() {
-            // Unfiltered, a page is the next `limit` records, and one name more tells that
-            // another page follows: no record is read in vain.
-            let mut names = self
-                .storage
-                .list_tagged("records/", cursor.as_deref(), limit + 1)
-                .await?;
-            let more = names.len() > limit;
-            names.truncate(limit);
-            let next = more.then(|| names.last().and_then(|(n, _)| index_id(n))).flatten();
-            let jobs: Vec<Option<Job>> = futures_util::stream::iter(names)
-                .map(|(name, tag)| async move { self.record(&name, tag).await })
-                .buffered(READ_AHEAD)
-                .try_collect()
-                .await?;
-            // A job deleted since the listing is left out.
-            return Ok((jobs.into_iter().flatten().collect(), next));
+        let mut sql = String::from("SELECT doc FROM jobs WHERE TRUE");
+        let mut params = Vec::new();
+        let mut cond = |column: &str, op: &str, p: Param| {
+            params.push(p);
+            sql.push_str(&format!(" AND {column} {op} ${}", params.len()));
+        };
+        if let Some(s) = filter.status {
+            cond("status", "=", Param::Text(s.as_str().into()));
         }
-        let mut jobs = Vec::new();
-        let mut scanned = 0;
-        while scanned < SCAN_LIMIT {
-            let batch = (limit + 1).max(50).min(SCAN_LIMIT - scanned);
-            let names = self.storage.list_tagged("records/", cursor.as_deref(), batch).await?;
-            let exhausted = names.len() < batch;
-            // Records are read several at a time, in order.
-            let mut records = futures_util::stream::iter(names)
-                .map(|(name, tag)| async move { (name.clone(), self.record(&name, tag).await) })
-                .buffered(READ_AHEAD);
-            while let Some((name, record)) = records.next().await {
-                scanned += 1;
-                cursor = Some(name);
-                // A job deleted since the listing is skipped.
-                let Some(job) = record? else { continue };
-                if status.is_none_or(|s| job.status == s) {
-                    if jobs.len() == limit {
-                        return Ok((jobs.clone(), jobs.last().map(|j: &Job| j.id)));
-                    }
-                    jobs.push(job);
-                }
-            }
-            if exhausted {
-                return Ok((jobs, None));
-            }
+        if let Some(p) = &filter.pipeline {
+            cond("pipeline", "=", Param::Text(p.clone()));
         }
-        Ok((jobs, cursor.and_then(|c| index_id(&c))))
+        if let Some(t) = filter.created_after {
+            cond("id", ">=", Param::Bytes(id_floor(t)));
+        }
+        if let Some(t) = filter.created_before {
+            cond("id", "<", Param::Bytes(id_floor(t)));
+        }
+        if let Some(a) = after {
+            cond("id", "<", Param::Bytes(key(a)));
+        }
+        // One more than asked tells whether another page follows.
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+        let docs: Vec<String> = on!(&self.db, pool => {
+            let mut q = sqlx::query_scalar(&sql);
+            for p in params {
+                q = match p {
+                    Param::Text(t) => q.bind(t),
+                    Param::Bytes(b) => q.bind(b),
+                };
+            }
+            q.fetch_all(pool).await?
+        });
+        let more = docs.len() > limit;
+        let jobs = docs
+            .iter()
+            .take(limit)
+            .map(|d| serde_json::from_str::<Job>(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more { jobs.last().map(|j| j.id) } else { None };
+        Ok((jobs, next))
     }
 
-    /// The record listed under `name` with entity tag `tag`; `None` if it is gone, or if the
-    /// name is no record's.
-    async fn record(&self, name: &str, tag: Option<String>) -> Result<Option<Job>, StoreError> {
-        let Some(id) = index_id(name) else { return Ok(None) };
-        if let Some(tag) = &tag {
-            if let Some((seen, job)) = self.listed.lock().expect("lock").get(&id) {
-                if seen == tag {
-                    return Ok(Some(job.clone()));
-                }
-            }
-        }
-        let job = self.get(id).await?;
-        if let (Some(tag), Some(job)) = (tag, &job) {
-            let mut listed = self.listed.lock().expect("lock");
-            if listed.len() >= LISTED {
-                listed.clear(); // rare: a hot first page is read again once
-            }
-            listed.insert(id, (tag, job.clone()));
-        }
-        Ok(job)
+    /// Jobs enqueued or processing, oldest first (all-in-one's recovery at start).
+    pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
+        let sql = "SELECT doc FROM jobs WHERE status IN ('enqueued', 'processing') ORDER BY id";
+        self.docs(sql, None).await
     }
 
-    /// Every job id, newest first (start-up recovery and retention).
-    pub async fn all_ids(&self) -> Result<Vec<Uuid>, StoreError> {
-        let mut ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let names = self.storage.list_after("records/", cursor.as_deref(), 1000).await?;
-            let done = names.len() < 1000;
-            cursor = names.last().cloned();
-            ids.extend(names.iter().filter_map(|n| index_id(n)));
-            if done {
-                return Ok(ids);
-            }
-        }
+    /// Jobs whose webhook has attempts to come.
+    pub async fn pending_webhooks(&self) -> Result<Vec<Uuid>, StoreError> {
+        let jobs = self
+            .docs("SELECT doc FROM jobs WHERE webhook_pending ORDER BY id", None)
+            .await?;
+        Ok(jobs.into_iter().map(|j| j.id).collect())
     }
 
-    /// Deletes a job and every file it has in storage.
-    pub async fn remove(&self, id: Uuid) -> Result<(), StoreError> {
-        let _guard = self.turn(id).lock().await;
-        self.listed.lock().expect("lock").remove(&id);
-        let job = self.get(id).await?;
-        // The record first: a crash half-way leaves files no listing shows, never a listed job
-        // without its files.
-        self.storage.delete(&record_key(id)).await?;
-        if let Some(key) = job.and_then(|j| j.idempotency_key) {
-            self.storage.delete(&idempotency_key(&key)).await?;
-        }
-        self.storage.delete_prefix(&Job::key(id, "")).await?;
+    /// Up to 100 final jobs that finished before `cutoff` and have no webhook attempt to come.
+    pub async fn expired(&self, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError> {
+        let sql = "SELECT doc FROM jobs WHERE finished_at < $1 AND NOT webhook_pending ORDER BY finished_at LIMIT 100";
+        let jobs = self.docs(sql, Some(cutoff.timestamp_millis())).await?;
+        Ok(jobs.into_iter().map(|j| j.id).collect())
+    }
+
+    /// Up to 100 jobs stored for the queue whose message was not confirmed published since
+    /// `before` (a crash or a broker outage between commit and publish), oldest first.
+    pub async fn unpublished(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        let sql = "SELECT doc FROM jobs WHERE unpublished_since < $1 ORDER BY id LIMIT 100";
+        self.docs(sql, Some(before.timestamp_millis())).await
+    }
+
+    /// Takes the publishing of an unpublished job for this process: true for exactly one of
+    /// several processes that try, until `before` passes again.
+    pub async fn take_unpublished(&self, id: Uuid, before: DateTime<Utc>) -> Result<bool, StoreError> {
+        let sql = "UPDATE jobs SET unpublished_since = $2 WHERE id = $1 AND unpublished_since < $3";
+        let now = Utc::now().timestamp_millis();
+        let taken = on!(&self.db, pool => sqlx::query(sql)
+            .bind(key(id)).bind(now).bind(before.timestamp_millis())
+            .execute(pool).await?.rows_affected());
+        Ok(taken == 1)
+    }
+
+    /// Records that the job's message is with the queue.
+    pub async fn published(&self, id: Uuid) -> Result<(), StoreError> {
+        let sql = "UPDATE jobs SET unpublished_since = NULL WHERE id = $1";
+        on!(&self.db, pool => sqlx::query(sql).bind(key(id)).execute(pool).await.map(|_| ())?);
         Ok(())
+    }
+
+    async fn docs(&self, sql: &str, param: Option<i64>) -> Result<Vec<Job>, StoreError> {
+        let docs: Vec<String> = on!(&self.db, pool => {
+            let mut q = sqlx::query_scalar(sql);
+            if let Some(p) = param {
+                q = q.bind(p);
+            }
+            q.fetch_all(pool).await?
+        });
+        Ok(docs.iter().map(|d| serde_json::from_str(d)).collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a job's record unless a worker is running it; false if there was none to delete.
+    /// Its files are the caller's to delete, after: a crash in between leaves files no record
+    /// names, never a record without files.
+    pub async fn remove(&self, id: Uuid) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM jobs WHERE id = $1 AND status <> 'processing'";
+        let n = on!(&self.db, pool => sqlx::query(sql).bind(key(id)).execute(pool).await?.rows_affected());
+        Ok(n == 1)
     }
 
     /// Records that a webhook endpoint answered 410 Gone.
     pub async fn mark_endpoint_gone(&self, url: &str) -> Result<(), StoreError> {
-        Ok(self.storage.put_bytes(&gone_key(url), url.as_bytes()).await?)
+        let sql = "INSERT INTO webhook_gone (url_hash, url) VALUES ($1, $2) ON CONFLICT (url_hash) DO NOTHING";
+        let hash = format!("{:x}", Sha256::digest(url.as_bytes()));
+        on!(&self.db, pool => sqlx::query(sql).bind(hash).bind(url).execute(pool).await.map(|_| ())?);
+        Ok(())
     }
 
     /// True when a webhook endpoint answered 410 Gone before.
     pub async fn endpoint_gone(&self, url: &str) -> Result<bool, StoreError> {
-        Ok(self.storage.exists(&gone_key(url)).await?)
-    }
-
-    /// Leaves a cancel marker for whichever worker runs the job.
-    pub async fn request_cancel(&self, id: Uuid) -> Result<(), StoreError> {
-        Ok(self.storage.put_bytes(&Job::key(id, "cancel"), b"").await?)
-    }
-
-    /// True when a cancel marker is present.
-    pub async fn cancel_requested(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.storage.exists(&Job::key(id, "cancel")).await?)
-    }
-
-    /// Removes the cancel marker (on retry).
-    pub async fn clear_cancel(&self, id: Uuid) -> Result<(), StoreError> {
-        Ok(self.storage.delete(&Job::key(id, "cancel")).await?)
-    }
-
-    async fn write(&self, job: &Job) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(job)?;
-        Ok(self.storage.put_bytes(&record_key(job.id), &bytes).await?)
+        let sql = "SELECT COUNT(*) FROM webhook_gone WHERE url_hash = $1";
+        let hash = format!("{:x}", Sha256::digest(url.as_bytes()));
+        let n: i64 = on!(&self.db, pool => sqlx::query_scalar(sql).bind(hash).fetch_one(pool).await?);
+        Ok(n > 0)
     }
 }
 

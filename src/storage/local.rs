@@ -52,16 +52,29 @@ impl LocalStorage {
         tokio::fs::try_exists(self.path(key)?).await.map_err(io(key))
     }
 
+    /// Moves `src` in under `key`, durably: the file's data and the folder entry are on disk when
+    /// this returns, so a job committed after it survives a power loss with its inputs.
     pub(super) async fn store_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         let path = self.path(key)?;
         create_parent(&path).await.map_err(io(key))?;
         let size = tokio::fs::metadata(src).await.map_err(io(key))?.len();
+        sync_file(src).await.map_err(io(key))?;
         if tokio::fs::rename(src, &path).await.is_err() {
             // Another filesystem: copy through a temp name, then drop the source.
             let tmp = Self::temp_beside(&path);
             tokio::fs::copy(src, &tmp).await.map_err(io(key))?;
+            sync_file(&tmp).await.map_err(io(key))?;
             tokio::fs::rename(&tmp, &path).await.map_err(io(key))?;
             tokio::fs::remove_file(src).await.map_err(io(key))?;
+        }
+        // The new entry, and the job's folders up to the root when they were just made.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            sync_file(d).await.map_err(io(key))?;
+            if d == self.root {
+                break;
+            }
+            dir = d.parent();
         }
         Ok(size)
     }
@@ -133,6 +146,11 @@ impl LocalStorage {
             _ => Ok(()),
         }
     }
+}
+
+/// fsync of a file or a folder.
+async fn sync_file(path: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(path).await?.sync_all().await
 }
 
 async fn create_parent(path: &Path) -> std::io::Result<()> {

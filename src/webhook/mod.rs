@@ -195,7 +195,7 @@ impl Webhooks {
             .update(id, |j| {
                 // A retry of the job may have replaced the delivery meanwhile.
                 if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
-                    w.attempts.push(attempt);
+                    w.attempts.push(attempt.clone());
                     w.state = state;
                     w.next_attempt_at = (state == DeliveryState::Pending).then(|| Utc::now() + delay);
                 }
@@ -268,7 +268,7 @@ impl Webhooks {
 /// The body: the job as `GET /jobs/{id}` shows it, plus the event, without the delivery record
 /// itself (so every attempt sends the same bytes).
 pub fn payload(job: &Job, event: &str) -> Vec<u8> {
-    let mut v = serde_json::to_value(job).expect("jobs serialize");
+    let mut v = serde_json::to_value(crate::jobs::JobView::from(job.clone())).expect("jobs serialize");
     if let Some(map) = v.as_object_mut() {
         map.remove("webhook");
         map.remove("updated_at");

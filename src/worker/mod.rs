@@ -2,7 +2,8 @@
 //! the engine, store the results, record the outcome, start the webhook.
 
 use crate::app::App;
-use crate::jobs::{DeliveryState, ErrorInfo, Job, Progress, Stage, Status};
+use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
+use crate::jobs::ErrorInfo;
 use crate::queue::Settle;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,19 +138,6 @@ pub fn cancel(app: &App, id: Uuid) -> bool {
     }
 }
 
-/// What a delivery of a job leads to.
-enum Claim {
-    Run(Box<Job>),
-    /// Final already; its webhook may still need queuing (the last worker died in between).
-    Done {
-        webhook: bool,
-    },
-    /// Taken too many times by workers that died: failed, and dead-lettered.
-    Poison,
-    /// Running on another worker whose lease is fresh (a duplicate delivery): wait.
-    Held,
-}
-
 /// A running job's lease is refreshed this often; another worker takes the job over once the
 /// lease is `queue.lease_secs` old.
 const HEARTBEAT: Duration = Duration::from_secs(3);
@@ -161,49 +149,15 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     while app.running.lock().expect("lock").contains_key(&id) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let max = app.config.queue.max_deliveries as u32;
     let me = worker_name();
-    let lease = Duration::from_secs(app.config.queue.lease_secs);
-    let claim = |j: &mut Job| match j.status {
-        Status::Processing if j.worker.as_ref() != Some(&me) && lease_held(j, lease) => Claim::Held,
-        Status::Enqueued | Status::Processing => {
-            if j.status == Status::Processing {
-                j.lost_attempts += 1; // its last worker died without recording an outcome
-            }
-            if j.lost_attempts >= max {
-                let why = format!(
-                    "the job was taken {} times and its worker stopped each time",
-                    j.lost_attempts
-                );
-                j.finish(Status::Failed, Some(ErrorInfo::new("poison_job", why)));
-                app.webhooks.begin(j);
-                return Claim::Poison;
-            }
-            j.status = Status::Processing;
-            j.stage = Some(Stage::Downloading);
-            j.progress = Progress::default();
-            j.started_at = Some(chrono::Utc::now());
-            j.attempts += 1;
-            j.worker = Some(me.clone());
-            j.heartbeat_at = Some(chrono::Utc::now());
-            Claim::Run(Box::new(j.clone()))
-        }
-        _ => Claim::Done {
-            webhook: j.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending),
-        },
+    let who = Claimant {
+        worker: &me,
+        lease: Duration::from_secs(app.config.queue.lease_secs),
+        max_lost: app.config.queue.max_deliveries as u32,
     };
-    let mut claimed = app.store.update(id, claim).await;
-    // Submits store the record and publish at once: the message may come first. Waits grow, as
-    // the record of a submit that failed half-way never comes.
-    let mut wait = Duration::from_millis(10);
-    while matches!(claimed, Ok(None)) && just_submitted(id) {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = app.shutdown.cancelled() => return Settle::Requeue,
-        }
-        wait = (wait * 2).min(Duration::from_secs(1));
-        claimed = app.store.update(id, claim).await;
-    }
+    // The record is committed before its message is published, so a missing record is a
+    // deleted job: nothing to wait for.
+    let mut claimed = lifecycle::claim(&app.store, &app.webhooks, id, &who).await;
     // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease
     // to lapse (it died), without giving the message back.
     while let Ok(Some(Claim::Held)) = claimed {
@@ -211,12 +165,11 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = app.shutdown.cancelled() => return Settle::Requeue,
         }
-        claimed = app.store.update(id, claim).await;
+        claimed = lifecycle::claim(&app.store, &app.webhooks, id, &who).await;
     }
     let job = match claimed {
         Ok(Some(Claim::Run(job))) => job,
         Ok(Some(Claim::Done { webhook: true })) => return queue_webhook(app, id).await,
-        // Deleted, or a submit whose record was never stored (it answered 503).
         Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => return Settle::Ack,
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
@@ -236,36 +189,21 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     let token = app.shutdown.child_token();
     app.running.lock().expect("lock").insert(id, token.clone());
     let watcher = tokio::spawn(watch_cancel(app.clone(), id, token.clone()));
-    let outcome = execute(app, &job, slot, &token).await;
+    let outcome = match execute(app, &job, slot, &token).await {
+        Ok((results, summary)) => Outcome::Succeeded(results, summary),
+        Err(Failure::Canceled) => Outcome::Canceled,
+        Err(Failure::Interrupted) => Outcome::Interrupted,
+        Err(Failure::Error(e, tail)) => Outcome::Failed(e, tail),
+    };
     watcher.abort();
     app.running.lock().expect("lock").remove(&id);
-    let failed = matches!(outcome, Err(Failure::Error(..)));
-    let interrupted = matches!(outcome, Err(Failure::Interrupted));
-    let recorded = app.store.update(id, |j| {
-        match outcome {
-            Ok((results, summary)) => {
-                j.results = results;
-                j.summary = summary;
-                j.finish(Status::Succeeded, None);
-            }
-            Err(Failure::Interrupted) => {
-                j.status = Status::Enqueued;
-                j.stage = None;
-                return;
-            }
-            Err(Failure::Canceled) => j.finish(Status::Canceled, None),
-            Err(Failure::Error(e, tail)) => {
-                j.log_tail = tail;
-                j.finish(Status::Failed, Some(e));
-            }
-        }
-        app.webhooks.begin(j);
-    });
-    if let Err(e) = recorded.await {
+    if let Err(e) = lifecycle::record(&app.store, &app.webhooks, id, &outcome).await {
         // Not acked: the broker gives the job again and the next attempt records it.
         log::error!("job {id}: outcome could not be stored: {e}");
         return Settle::Requeue;
     }
+    let failed = matches!(outcome, Outcome::Failed(..));
+    let interrupted = matches!(outcome, Outcome::Interrupted);
     let keep = (failed && app.config.worker.keep_failed_workdir) || interrupted;
     // On shutdown the folder stays: the next attempt here resumes from Meshroom's cache.
     if !keep {
@@ -286,20 +224,6 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     queue_webhook(app, id).await
 }
 
-/// True for a job id minted in the last minute (ids are UUIDv7: they carry their time), while
-/// its submit may still be storing the record.
-fn just_submitted(id: Uuid) -> bool {
-    let minted = id.get_timestamp().map_or(0, |t| t.to_unix().0);
-    let now = chrono::Utc::now().timestamp() as u64;
-    now.saturating_sub(minted) < 60
-}
-
-/// True when the job's worker refreshed its lease recently.
-fn lease_held(job: &Job, lease: Duration) -> bool {
-    let age = job.heartbeat_at.map(|t| chrono::Utc::now() - t);
-    age.is_some_and(|a| a.to_std().map_or(true, |a| a < lease))
-}
-
 /// `host:pid` of this process, as recorded in the jobs it takes.
 fn worker_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -317,27 +241,26 @@ async fn queue_webhook(app: &App, id: Uuid) -> Settle {
     }
 }
 
-/// Cancels the run when a cancel marker appears, whichever API replica wrote it, and keeps the
-/// job's lease fresh meanwhile.
+/// Keeps the job's lease fresh, and cancels the run once a cancel is asked (by whichever API
+/// replica) or the job is deleted.
 async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
     let mut beat = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if beat.elapsed() >= HEARTBEAT {
+        let asked = if beat.elapsed() >= HEARTBEAT {
             beat = tokio::time::Instant::now();
-            if let Err(e) = app
-                .store
-                .update(id, |j| j.heartbeat_at = Some(chrono::Utc::now()))
-                .await
-            {
-                log::warn!("job {id}: lease not refreshed: {e}");
+            lifecycle::heartbeat(&app.store, id).await
+        } else {
+            app.store.get(id).await.map(|j| j.map(|j| j.cancel_requested))
+        };
+        match asked {
+            Ok(Some(false)) => {}
+            Ok(Some(true)) | Ok(None) => {
+                log::info!("job {id}: cancel requested");
+                token.cancel();
+                return;
             }
-        }
-        if let Ok(true) = app.store.cancel_requested(id).await {
-            log::info!("job {id}: cancel requested");
-            let _ = app.store.update(id, |j| j.cancel_requested = true).await;
-            token.cancel();
-            return;
+            Err(e) => log::warn!("job {id}: lease not refreshed: {e}"),
         }
     }
 }

@@ -104,7 +104,7 @@ fn progress_writer(app: &Arc<App>, id: Uuid) -> (tokio::sync::watch::Sender<Prog
     let writer = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let p = rx.borrow_and_update().clone();
-            if let Err(e) = store.update(id, |j| j.progress = p).await {
+            if let Err(e) = store.update(id, |j| j.progress = p.clone()).await {
                 log::warn!("job {id}: progress not stored: {e}");
             }
         }

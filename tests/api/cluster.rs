@@ -16,18 +16,23 @@ pub struct Cluster {
     pub env: Vec<(String, String)>,
     pub edge: Edge,
     pub namespace: String,
+    pub db: TestDatabase,
 }
 
 impl Cluster {
     pub async fn new(extra: &[(&str, &str)]) -> Cluster {
         let namespace = namespace();
-        let mut env = Services::from_env().env(&namespace);
+        let services = Services::from_env();
+        let db = TestDatabase::create(&services, &namespace).await;
+        let mut env = services.env(&namespace);
+        env.push(("MESHROOM_SVC_DATABASE_URL".into(), db.url.clone()));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Cluster {
             dir: tempfile::tempdir().unwrap(),
             env,
             edge: Edge::start().await,
             namespace,
+            db,
         }
     }
 

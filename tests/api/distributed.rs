@@ -182,31 +182,6 @@ async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
 }
 
 #[tokio::test]
-async fn the_api_answers_503_while_the_broker_is_unreachable() {
-    // A broker address where nothing listens: no need to stop the shared one.
-    let c = Cluster::new(&[("MESHROOM_SVC_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]).await;
-    let serve = c.serve("serve").await;
-    let api = serve.api();
-    let started = Instant::now();
-    let resp = api
-        .post_json("/api/v1/jobs", &json!({"image_urls": [c.edge.add("p.jpg", photo(0))]}))
-        .await;
-    assert_eq!(resp.status(), 503);
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "queue_unavailable"
-    );
-    assert_eq!(api.get("/ready").await.status(), 503);
-    let list: Value = api.get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(
-        list["jobs"].as_array().unwrap().len(),
-        0,
-        "a job not queued is not kept"
-    );
-}
-
-#[tokio::test]
 async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod colmap;
+mod database;
 mod deploy;
 mod distributed;
 mod faults;

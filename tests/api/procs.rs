@@ -140,13 +140,15 @@ pub struct Services {
     pub s3_bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// A PostgreSQL URL whose user may create databases.
+    pub database_url: String,
 }
 
 impl Services {
     pub fn from_env() -> Services {
         let var = |name: &str| {
             std::env::var(name).unwrap_or_else(|_| {
-                panic!("{name} is not set: these tests need RabbitMQ and Garage; run scripts/test, which starts them")
+                panic!("{name} is not set: these tests need RabbitMQ, Garage and PostgreSQL; run scripts/test, which starts them")
             })
         };
         Services {
@@ -156,6 +158,7 @@ impl Services {
             s3_bucket: var("MESHROOM_TEST_S3_BUCKET"),
             access_key: var("AWS_ACCESS_KEY_ID"),
             secret_key: var("AWS_SECRET_ACCESS_KEY"),
+            database_url: var("MESHROOM_TEST_DATABASE_URL"),
         }
     }
 
@@ -202,6 +205,54 @@ impl Services {
             aws_secret_access_key: Some(self.secret_key.clone()),
             ..Default::default()
         }
+    }
+}
+
+/// A PostgreSQL database of one test's own, dropped when the test ends.
+pub struct TestDatabase {
+    admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(services: &Services, name: &str) -> TestDatabase {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&services.database_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at MESHROOM_TEST_DATABASE_URL: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&services.database_url).unwrap();
+        url.set_path(name);
+        TestDatabase {
+            admin: services.database_url.clone(),
+            name: name.to_string(),
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot block on a future: a thread of its own.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&drop).execute(&mut conn).await;
+                }
+            })
+        })
+        .join();
     }
 }
 

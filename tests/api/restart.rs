@@ -134,8 +134,8 @@ async fn sigterm_stops_the_engine_and_requeues_the_job() {
     let status = svc.wait_exit(20).await;
     assert!(status.success(), "exit status {status}");
     assert!(job_processes(&id).is_empty(), "SIGTERM leaves no engine process behind");
-    let key = meshroom_svc::jobs::record_key(id.parse().unwrap());
-    let record: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("data/store").join(key)).unwrap()).unwrap();
-    assert_eq!(record["status"], "enqueued", "the job goes back to the queue");
+    let url = format!("sqlite://{}", dir.path().join("data/meshroom.db").display());
+    let store = meshroom_svc::jobs::Store::new(meshroom_svc::jobs::Db::open(&url, 1).await.unwrap());
+    let record = store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(record.status.as_str(), "enqueued", "the job goes back to the queue");
 }

@@ -1,0 +1,56 @@
+//! The outbox sweep: a job is stored before its queue message is published, so a crash or a broker
+//! outage in between leaves a stored job with no message. Every process on RabbitMQ looks for such
+//! jobs now and then and publishes them; the database hands each one to a single process.
+
+use super::App;
+use crate::jobs::Status;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A job unpublished this long is published by the sweep (a submit publishes within the broker's
+/// 5 s confirm timeout, or gives up).
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// How often the sweep looks.
+const EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the sweep until shutdown.
+pub async fn run(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        if let Err(e) = sweep(&app).await {
+            log::warn!("outbox sweep: {e}");
+        }
+    }
+}
+
+/// Publishes the jobs whose message is overdue; returns how many.
+pub async fn sweep(app: &App) -> Result<usize, crate::jobs::StoreError> {
+    let before = chrono::Utc::now() - chrono::Duration::from_std(GRACE).expect("small");
+    let mut published = 0;
+    for job in app.store.unpublished(before).await? {
+        // Another replica may be at the same job: only the one whose claim lands publishes it.
+        if !app.store.take_unpublished(job.id, before).await? {
+            continue;
+        }
+        if job.status != Status::Enqueued {
+            // Canceled or deleted meanwhile: nothing to publish.
+            app.store.published(job.id).await?;
+            continue;
+        }
+        match app.publish(&job).await {
+            Ok(()) => {
+                log::warn!("job {}: its queue message was missing; published now", job.id);
+                published += 1;
+            }
+            Err(e) => {
+                log::warn!("job {}: still not published ({e}); trying again later", job.id);
+                return Ok(published);
+            }
+        }
+    }
+    Ok(published)
+}
