@@ -11,6 +11,7 @@ mod hardening;
 mod helpers;
 mod lifecycle;
 mod meshroom;
+mod postgres;
 mod procs;
 mod restart;
 mod s3;
