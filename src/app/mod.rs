@@ -2,7 +2,7 @@
 //! webhooks. Roles start from here (see `roles`).
 
 use crate::config::{Config, QueueKind, StorageKind, DEFAULT_AMQP_URL};
-use crate::jobs::{Db, Job, Status, Store, StoreError};
+use crate::jobs::{Db, Job, Store, StoreError};
 use crate::pipelines::{PipelineError, Pipelines};
 use crate::queue::{amqp, Amqp, Queue, QueueError};
 use crate::storage::{Storage, StorageError};
@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 mod outbox;
 mod roles;
+mod upkeep;
 pub use roles::{start_all_in_one, start_serve, start_work, Running};
 
 /// Why the process could not start.
@@ -243,76 +244,6 @@ impl App {
                 Ok(())
             }
             Queue::Rabbitmq(_) => self.queue.push_webhook(id, self.webhooks.first_delay()).await,
-        }
-    }
-
-    /// In-process queue only: puts jobs that were enqueued or processing when the process
-    /// stopped back in the queue, oldest first, and resumes pending webhook deliveries.
-    pub async fn recover(self: &Arc<Self>) -> Result<(), StartError> {
-        let _ = tokio::fs::remove_dir_all(self.tmp_dir()).await; // half-received uploads
-        for job in self.store.unfinished().await? {
-            if job.status == Status::Processing {
-                log::warn!("job {}: was processing when the service stopped; resumed", job.id);
-                // This process owns the data folder and has stopped its predecessor's engines:
-                // the dead process's lease protects nothing, so the job is taken over at once.
-                crate::jobs::lifecycle::release(&self.store, job.id).await?;
-            }
-            self.enqueue(&job)
-                .await
-                .map_err(|e| StartError::Refused(e.to_string()))?;
-        }
-        for id in self.store.pending_webhooks().await? {
-            self.webhooks.spawn(self.store.clone(), id);
-        }
-        Ok(())
-    }
-
-    /// Deletes a job: its record first, then its files (a crash in between leaves files that no
-    /// record names, never a job without its files). False, with nothing deleted, if it did not
-    /// exist or a worker is running it.
-    pub async fn remove_job(&self, id: Uuid) -> Result<bool, StoreError> {
-        if !self.store.remove(id).await? {
-            return Ok(false);
-        }
-        if let Err(e) = self.storage.delete_prefix(&Job::key(id, "")).await {
-            log::warn!("job {id}: record deleted, but not all its files: {e}");
-        }
-        let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
-        Ok(true)
-    }
-
-    /// Deletes finished jobs older than the retention, now and then.
-    pub fn spawn_retention(self: &Arc<Self>) {
-        let retention = self.config.worker.retention_secs;
-        if retention == 0 {
-            return;
-        }
-        let app = self.clone();
-        let every = Duration::from_secs((retention / 10).clamp(1, 600));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = app.shutdown.cancelled() => return,
-                }
-                if let Err(e) = app.expire(retention).await {
-                    log::warn!("retention sweep: {e}");
-                }
-            }
-        });
-    }
-
-    async fn expire(&self, retention: u64) -> Result<(), StoreError> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::seconds(retention as i64);
-        loop {
-            let expired = self.store.expired(cutoff).await?;
-            for id in &expired {
-                log::info!("job {id}: deleted after the retention period");
-                self.remove_job(*id).await?;
-            }
-            if expired.len() < 100 {
-                return Ok(());
-            }
         }
     }
 }

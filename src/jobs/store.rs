@@ -229,63 +229,6 @@ impl Store {
         Ok((jobs, next))
     }
 
-    /// Jobs enqueued or processing, oldest first (all-in-one's recovery at start).
-    pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
-        let sql = "SELECT doc FROM jobs WHERE status IN ('enqueued', 'processing') ORDER BY id";
-        self.docs(sql, None).await
-    }
-
-    /// Jobs whose webhook has attempts to come.
-    pub async fn pending_webhooks(&self) -> Result<Vec<Uuid>, StoreError> {
-        let jobs = self
-            .docs("SELECT doc FROM jobs WHERE webhook_pending ORDER BY id", None)
-            .await?;
-        Ok(jobs.into_iter().map(|j| j.id).collect())
-    }
-
-    /// Up to 100 final jobs that finished before `cutoff` and have no webhook attempt to come.
-    pub async fn expired(&self, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError> {
-        let sql = "SELECT doc FROM jobs WHERE finished_at < $1 AND NOT webhook_pending ORDER BY finished_at LIMIT 100";
-        let jobs = self.docs(sql, Some(cutoff.timestamp_millis())).await?;
-        Ok(jobs.into_iter().map(|j| j.id).collect())
-    }
-
-    /// Up to 100 jobs stored for the queue whose message was not confirmed published since
-    /// `before` (a crash or a broker outage between commit and publish), oldest first.
-    pub async fn unpublished(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
-        let sql = "SELECT doc FROM jobs WHERE unpublished_since < $1 ORDER BY id LIMIT 100";
-        self.docs(sql, Some(before.timestamp_millis())).await
-    }
-
-    /// Takes the publishing of an unpublished job for this process: true for exactly one of
-    /// several processes that try, until `before` passes again.
-    pub async fn take_unpublished(&self, id: Uuid, before: DateTime<Utc>) -> Result<bool, StoreError> {
-        let sql = "UPDATE jobs SET unpublished_since = $2 WHERE id = $1 AND unpublished_since < $3";
-        let now = Utc::now().timestamp_millis();
-        let taken = on!(&self.db, pool => sqlx::query(sql)
-            .bind(key(id)).bind(now).bind(before.timestamp_millis())
-            .execute(pool).await?.rows_affected());
-        Ok(taken == 1)
-    }
-
-    /// Records that the job's message is with the queue.
-    pub async fn published(&self, id: Uuid) -> Result<(), StoreError> {
-        let sql = "UPDATE jobs SET unpublished_since = NULL WHERE id = $1";
-        on!(&self.db, pool => sqlx::query(sql).bind(key(id)).execute(pool).await.map(|_| ())?);
-        Ok(())
-    }
-
-    async fn docs(&self, sql: &str, param: Option<i64>) -> Result<Vec<Job>, StoreError> {
-        let docs: Vec<String> = on!(&self.db, pool => {
-            let mut q = sqlx::query_scalar(sql);
-            if let Some(p) = param {
-                q = q.bind(p);
-            }
-            q.fetch_all(pool).await?
-        });
-        Ok(docs.iter().map(|d| serde_json::from_str(d)).collect::<Result<_, _>>()?)
-    }
-
     /// Deletes a job's record unless a worker is running it; false if there was none to delete.
     /// Its files are the caller's to delete, after: a crash in between leaves files no record
     /// names, never a record without files.
@@ -311,6 +254,8 @@ impl Store {
         Ok(n > 0)
     }
 }
+
+mod sweeps;
 
 #[cfg(test)]
 mod tests;
