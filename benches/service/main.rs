@@ -16,6 +16,7 @@ mod helpers;
 mod procs;
 
 mod api;
+mod db;
 mod files;
 mod raw;
 mod report;
@@ -45,7 +46,7 @@ pub struct Scale {
 const FULL: Scale = Scale {
     clients: 64,
     secs: 10,
-    records: 10_000,
+    records: 100_000,
     images: 200,
     image_bytes: 2_000_000,
     upload_mib: (256, 1024),
@@ -78,7 +79,13 @@ async fn main() {
         api::accept(&scale, &services, &mut rows).await;
     }
     if wanted("records") {
-        api::records(&scale, &mut rows).await;
+        db::records(&scale, &mut rows).await;
+    }
+    if wanted("sqlite") {
+        db::sqlite_accept(&scale, &mut rows).await;
+    }
+    if wanted("restart") {
+        db::restart(&mut rows).await;
     }
     if wanted("staging") {
         files::staging(&scale, &services, &mut rows).await;

@@ -30,7 +30,7 @@ pub fn bucket(s: &Services) -> Box<Bucket> {
 }
 
 /// Runs `op(client, n)` in `clients` tasks for `secs`, timing each call.
-async fn closed_loop<F, Fut>(clients: usize, secs: f64, op: F) -> Load
+pub async fn closed_loop<F, Fut>(clients: usize, secs: f64, op: F) -> Load
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -66,17 +66,6 @@ where
     load
 }
 
-/// Small-object PUTs of `body` by `clients` concurrent clients for `secs`.
-pub async fn small_puts(s: &Services, prefix: &str, body: &[u8], clients: usize, secs: f64) -> Load {
-    let bucket = bucket(s);
-    let (prefix, body) = (prefix.to_string(), body.to_vec());
-    closed_loop(clients, secs, move |c, n| {
-        let (bucket, key, body) = (bucket.clone(), format!("{prefix}/raw-put/{c}-{n}"), body.clone());
-        async move { bucket.put_object(key, &body).await.is_ok() }
-    })
-    .await
-}
-
 /// Routes one channel's publisher confirms to its publisher.
 struct Confirms(mpsc::UnboundedSender<bool>);
 
@@ -100,19 +89,32 @@ impl ChannelCallback for Confirms {
     async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
 }
 
-/// A small object to PUT beside each publish: the bucket, a key prefix and the bytes.
-pub type AlsoPut = Option<(Box<Bucket>, String, Vec<u8>)>;
+/// A job row to insert before each publish: a database URL (the service's schema) and the row's
+/// JSON.
+pub type AlsoInsert = Option<(String, String)>;
 
 /// Persistent publishes to a durable queue on one connection, each client on a channel of its own
 /// waiting for the broker's confirm of every message before the next, for `secs`; with `also`,
-/// each publish goes with a PUT at the same time, as a submit does them.
+/// each publish follows the insert of a job row, as a submit does them.
 pub async fn confirmed_publishes(
     s: &Services,
     queue: &str,
     body: &[u8],
     (clients, secs): (usize, f64),
-    also: AlsoPut,
+    also: AlsoInsert,
 ) -> Load {
+    let also = match also {
+        Some((url, doc)) => {
+            let _ = meshroom_svc::jobs::Db::open(&url, 1).await.unwrap(); // migrates
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(clients as u32)
+                .connect(&url)
+                .await
+                .unwrap();
+            Some((pool, doc))
+        }
+        None => None,
+    };
     let args = meshroom_svc::queue::amqp::connection_args(&s.amqp_url).unwrap();
     let connection = Connection::open(&args).await.expect("RabbitMQ answers");
     connection.register_callback(DefaultConnectionCallback).await.unwrap();
@@ -136,30 +138,27 @@ pub async fn confirmed_publishes(
     let load = closed_loop(clients, secs, move |c, n| {
         let (channels, queue, body, also) = (channels.clone(), queue_name.clone(), body.clone(), also.clone());
         async move {
-            let publish = async {
-                let (channel, confirms) = &channels[c];
-                let mut props = BasicProperties::default();
-                props.with_persistence(true).with_content_type("application/json");
-                if channel
-                    .basic_publish(props, body, BasicPublishArguments::new("", &queue))
-                    .await
-                    .is_err()
-                {
+            if let Some((pool, doc)) = &also {
+                let id = uuid::Uuid::now_v7().as_bytes().to_vec();
+                let q = sqlx::query(crate::db::INSERT)
+                    .bind(id)
+                    .bind(n as i64)
+                    .bind(doc.as_str());
+                if q.execute(pool).await.is_err() {
                     return false;
                 }
-                confirms.lock().await.recv().await == Some(true)
-            };
-            let put = async {
-                match &also {
-                    Some((bucket, prefix, record)) => bucket
-                        .put_object(format!("{prefix}/raw-both/{c}-{n}"), record)
-                        .await
-                        .is_ok(),
-                    None => true,
-                }
-            };
-            let (published, put) = tokio::join!(publish, put);
-            published && put
+            }
+            let (channel, confirms) = &channels[c];
+            let mut props = BasicProperties::default();
+            props.with_persistence(true).with_content_type("application/json");
+            if channel
+                .basic_publish(props, body, BasicPublishArguments::new("", &queue))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            confirms.lock().await.recv().await == Some(true)
         }
     })
     .await;
