@@ -41,7 +41,7 @@ fn compose_config(env_file: &Path) -> Result<Value, String> {
 fn compose_file_is_valid_and_keeps_its_promises() {
     let c = compose_config(&repo().join(".env.example")).unwrap();
     let services = c["services"].as_object().unwrap();
-    for name in ["rabbitmq", "minio", "minio-init", "serve", "work"] {
+    for name in ["rabbitmq", "postgres", "minio", "minio-init", "serve", "work"] {
         let s = &services[name];
         assert!(s["restart"].is_string(), "{name} has a restart policy");
         assert!(s["healthcheck"]["test"].is_array(), "{name} has a health check");
@@ -57,6 +57,12 @@ fn compose_file_is_valid_and_keeps_its_promises() {
         }
     }
     assert_eq!(services["serve"]["ports"][0]["target"], 8080);
+    // serve and work share one job database, which they refuse to start without.
+    for name in ["serve", "work"] {
+        let url = services[name]["environment"]["MESHROOM_SVC_DATABASE_URL"].as_str().unwrap();
+        assert!(url.starts_with("postgres://") && url.contains("@postgres:5432/"), "{name}: {url}");
+        assert!(services[name]["depends_on"].get("postgres").is_some(), "{name} waits for postgres");
+    }
     // Workers scale (no fixed name) and reserve a GPU.
     let work = &services["work"];
     assert!(work.get("container_name").is_none());
