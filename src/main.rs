@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 #[actix_web::main]
 async fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // sqlx logs PostgreSQL's notices ("relation already exists, skipping") and slow statements
+    // at info: kept for RUST_LOG=sqlx=info.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,sqlx=warn")).init();
     // The message and its causes, without a backtrace: these are operator errors, not bugs.
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e:#}");

@@ -168,10 +168,19 @@ pub async fn confirmed_publishes(
     load
 }
 
-/// GETs every URL into `dir` with one reqwest client, `concurrency` at a time, streaming to
-/// files; returns the seconds taken.
+/// A new empty folder under `dir` for one raw run: like the worker's job folder, every file it
+/// writes is a new file, never an overwrite of an earlier run's.
+fn fresh(dir: &Path) -> PathBuf {
+    let path = dir.join(format!("run-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// GETs every URL into fresh files under `dir` with one reqwest client, `concurrency` at a time,
+/// streaming; returns the seconds taken.
 pub async fn http_gets(urls: &[String], dir: &Path, concurrency: usize) -> f64 {
     let client = reqwest::Client::new();
+    let dir = &fresh(dir);
     let start = Instant::now();
     futures_util::stream::iter(urls.iter().enumerate())
         .map(|(i, url)| {
@@ -198,9 +207,10 @@ pub async fn http_gets(urls: &[String], dir: &Path, concurrency: usize) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// GETs every key into `dir` with rust-s3, `concurrency` at a time, streaming to files; returns
-/// the seconds taken.
+/// GETs every key into fresh files under `dir` with rust-s3, `concurrency` at a time, streaming;
+/// returns the seconds taken.
 pub async fn s3_gets(bucket: &Bucket, keys: &[String], dir: &Path, concurrency: usize) -> f64 {
+    let dir = &fresh(dir);
     let start = Instant::now();
     futures_util::stream::iter(keys.iter().enumerate())
         .map(|(i, key)| async move {

@@ -100,9 +100,16 @@ impl App {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
-        let url = match (&config.secrets.database_url, role) {
-            (Some(url), _) => url.clone(),
-            (None, Role::AllInOne) => format!("sqlite://{}", data_dir.join("meshroom.db").display()),
+        let db = match (&config.secrets.database_url, role) {
+            (Some(url), _) => Db::open(url, config.database.max_connections)
+                .await
+                .map_err(|e| StartError::Database(crate::jobs::db::redacted(url), e))?,
+            (None, Role::AllInOne) => {
+                let path = data_dir.join("meshroom.db");
+                Db::open_file(&path, config.database.max_connections)
+                    .await
+                    .map_err(|e| StartError::Database(path.display().to_string(), e))?
+            }
             (None, _) => {
                 return Err(StartError::Refused(
                     "set MESHROOM_SVC_DATABASE_URL (postgres://user:password@host:5432/db): every serve and \
@@ -111,10 +118,7 @@ impl App {
                 ))
             }
         };
-        let db = Db::open(&url, config.database.max_connections)
-            .await
-            .map_err(|e| StartError::Database(crate::jobs::db::redacted(&url), e))?;
-        log::info!("job database: {} ({})", db.kind(), crate::jobs::db::redacted(&url));
+        log::info!("job database: {}", db.kind());
         let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
         let default = &config.server.default_pipeline;
         if !default.is_empty() && pipelines.get(default).is_none() {

@@ -51,8 +51,21 @@ impl Db {
             sqlx::migrate!("src/jobs/migrations/postgres").run(&pool).await?;
             return Ok(Db::Postgres(pool));
         }
-        let memory = url.contains(":memory:");
-        let options = SqliteConnectOptions::from_str(url)?
+        Self::sqlite(
+            SqliteConnectOptions::from_str(url)?,
+            url.contains(":memory:"),
+            max_connections,
+        )
+        .await
+    }
+
+    /// Opens (or makes) a SQLite file at `path`, whatever characters the path holds.
+    pub async fn open_file(path: &std::path::Path, max_connections: u32) -> Result<Db, sqlx::Error> {
+        Self::sqlite(SqliteConnectOptions::new().filename(path), false, max_connections).await
+    }
+
+    async fn sqlite(options: SqliteConnectOptions, memory: bool, max_connections: u32) -> Result<Db, sqlx::Error> {
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // A commit is on disk when it returns: a 202 survives a power loss.

@@ -17,6 +17,7 @@ pub struct Cluster {
     pub edge: Edge,
     pub namespace: String,
     pub db: TestDatabase,
+    store: meshroom_svc::jobs::Store,
 }
 
 impl Cluster {
@@ -24,6 +25,7 @@ impl Cluster {
         let namespace = namespace();
         let services = Services::from_env();
         let db = TestDatabase::create(&services, &namespace).await;
+        let store = meshroom_svc::jobs::Store::new(meshroom_svc::jobs::Db::open(&db.url, 2).await.unwrap());
         let mut env = services.env(&namespace);
         env.push(("MESHROOM_SVC_DATABASE_URL".into(), db.url.clone()));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -33,7 +35,22 @@ impl Cluster {
             edge: Edge::start().await,
             namespace,
             db,
+            store,
         }
+    }
+
+    /// The stored record of a job, with what the API does not show (its worker, lost attempts).
+    pub async fn record(&self, id: &str) -> meshroom_svc::jobs::Job {
+        self.store
+            .get(id.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("the job exists")
+    }
+
+    /// The pid of the worker that took the job last.
+    pub async fn worker_pid(&self, id: &str) -> Option<u32> {
+        pid_of(&self.record(id).await)
     }
 
     /// A cluster with one `serve` and one CPU `work` process.
@@ -119,8 +136,8 @@ impl Drop for Cluster {
     }
 }
 
-pub fn pid_of(job: &Value) -> Option<u32> {
-    job["worker"].as_str()?.rsplit(':').next()?.parse().ok()
+pub fn pid_of(job: &meshroom_svc::jobs::Job) -> Option<u32> {
+    job.worker.as_deref()?.rsplit(':').next()?.parse().ok()
 }
 
 /// VmHWM: the peak resident set of a process.

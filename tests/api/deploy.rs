@@ -59,9 +59,17 @@ fn compose_file_is_valid_and_keeps_its_promises() {
     assert_eq!(services["serve"]["ports"][0]["target"], 8080);
     // serve and work share one job database, which they refuse to start without.
     for name in ["serve", "work"] {
-        let url = services[name]["environment"]["MESHROOM_SVC_DATABASE_URL"].as_str().unwrap();
-        assert!(url.starts_with("postgres://") && url.contains("@postgres:5432/"), "{name}: {url}");
-        assert!(services[name]["depends_on"].get("postgres").is_some(), "{name} waits for postgres");
+        let url = services[name]["environment"]["MESHROOM_SVC_DATABASE_URL"]
+            .as_str()
+            .unwrap();
+        assert!(
+            url.starts_with("postgres://") && url.contains("@postgres:5432/"),
+            "{name}: {url}"
+        );
+        assert!(
+            services[name]["depends_on"].get("postgres").is_some(),
+            "{name} waits for postgres"
+        );
     }
     // Workers scale (no fixed name) and reserve a GPU.
     let work = &services["work"];

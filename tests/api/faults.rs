@@ -18,16 +18,16 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
     // The worker dies on this job every time.
     for round in 1..=2 {
         let worker = c.work(&format!("w{round}"), "none").await;
-        // Killed while its engine runs.
-        let mine = |j: &Value| pid_of(j) == Some(worker.pid()) && j["stage"] == "reconstructing";
-        api.wait_for(&id, 30, mine).await;
+        // Killed while its engine runs: its run is the round-th.
         let runs = || {
             invocations(c.dir.path())
                 .iter()
                 .filter(|r| r["job"] == id.as_str())
                 .count()
         };
-        api.wait_for(&id, 30, |_| runs() == round).await;
+        api.wait_for(&id, 30, |j| runs() == round && j["stage"] == "reconstructing")
+            .await;
+        assert_eq!(c.worker_pid(&id).await, Some(worker.pid()));
         worker.kill();
     }
     let _last = c.work("w3", "none").await;

@@ -537,7 +537,7 @@ async fn a_worker_with_a_full_disk_leaves_jobs_to_the_others() {
         let job = serve.api().wait_final(id, 60).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         assert_eq!(job["attempts"], 1, "only the worker with room ran it: {job:#}");
-        assert_ne!(crate::cluster::pid_of(&job), Some(full.pid()));
+        assert_ne!(c.worker_pid(id).await, Some(full.pid()));
     }
     let metrics = full.api().get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("meshroom_worker_low_disk 1"), "{metrics}");
