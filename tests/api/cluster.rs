@@ -3,7 +3,6 @@
 
 use crate::helpers::*;
 use crate::procs::*;
-use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::RwLock;
 
