@@ -82,6 +82,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
     pub metrics: crate::metrics::Metrics,
+    /// Jobs just published, to be marked so in the database.
+    published: tokio::sync::mpsc::UnboundedSender<Uuid>,
     owner: String,
     /// Whether COLMAP jobs can be meshed, and with which Python (for `/ready`).
     mesher: String,
@@ -170,8 +172,12 @@ impl App {
                 Queue::Rabbitmq(Amqp::start(url, topology, consume, shutdown.clone()))
             }
         };
+        let store = Arc::new(Store::new(db));
+        let (published, marks) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(outbox::mark_published(store.clone(), marks));
         Ok(Arc::new(App {
-            store: Arc::new(Store::new(db)),
+            store,
+            published,
             storage,
             queue: Arc::new(queue),
             pipelines,
@@ -233,10 +239,8 @@ impl App {
     /// stays stored, and the outbox sweep (`outbox`) publishes it once the queue is back.
     pub async fn publish(&self, job: &Job) -> Result<(), QueueError> {
         self.enqueue(job).await?;
-        if let Err(e) = self.store.published(job.id).await {
-            // The sweep will publish it again: a duplicate message finds the job taken or done.
-            log::warn!("job {}: queued, but not marked published: {e}", job.id);
-        }
+        // Marked off the answer's path, in batches (see `outbox::mark_published`).
+        let _ = self.published.send(job.id);
         Ok(())
     }
 

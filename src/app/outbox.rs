@@ -38,7 +38,7 @@ pub async fn sweep(app: &App) -> Result<usize, crate::jobs::StoreError> {
         }
         if job.status != Status::Enqueued {
             // Canceled or deleted meanwhile: nothing to publish.
-            app.store.published(job.id).await?;
+            app.store.published(&[job.id]).await?;
             continue;
         }
         match app.publish(&job).await {
@@ -53,4 +53,21 @@ pub async fn sweep(app: &App) -> Result<usize, crate::jobs::StoreError> {
         }
     }
     Ok(published)
+}
+
+/// Marks published jobs in batches: one statement for the jobs published while the last one ran,
+/// so that a submit costs the database one write on its answer's path, and this one shared write
+/// off it. A mark that is lost only makes the sweep publish the job again: a duplicate message
+/// finds it taken or done.
+pub async fn mark_published(
+    store: std::sync::Arc<crate::jobs::Store>,
+    mut ids: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>,
+) {
+    let mut batch = Vec::new();
+    while ids.recv_many(&mut batch, 500).await > 0 {
+        if let Err(e) = store.published(&batch).await {
+            log::warn!("{} queued job(s) not marked published: {e}", batch.len());
+        }
+        batch.clear();
+    }
 }

@@ -130,6 +130,12 @@ pub(super) async fn submit(
                 )
             })?;
     }
+    if !job.uploads.is_empty() {
+        app.storage
+            .sync_folders(&Job::key(job.id, "inputs"))
+            .await
+            .map_err(ApiError::from)?;
+    }
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.

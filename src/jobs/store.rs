@@ -48,7 +48,8 @@ fn key(id: Uuid) -> Vec<u8> {
 
 /// The smallest id minted at `t`: ids below it were made before.
 fn id_floor(t: DateTime<Utc>) -> Vec<u8> {
-    let ms = t.timestamp_millis().max(0) as u128;
+    // A UUIDv7 holds 48 bits of milliseconds (until the year 10889).
+    let ms = t.timestamp_millis().clamp(0, (1 << 48) - 1) as u128;
     key(Uuid::from_u128(ms << 80))
 }
 

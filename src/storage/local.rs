@@ -52,8 +52,8 @@ impl LocalStorage {
         tokio::fs::try_exists(self.path(key)?).await.map_err(io(key))
     }
 
-    /// Moves `src` in under `key`, durably: the file's data and the folder entry are on disk when
-    /// this returns, so a job committed after it survives a power loss with its inputs.
+    /// Moves `src` in under `key`, its data on disk when this returns; the folder entries are made
+    /// durable by `sync_folders`, once for all the files of a job.
     pub(super) async fn store_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         let path = self.path(key)?;
         create_parent(&path).await.map_err(io(key))?;
@@ -67,16 +67,21 @@ impl LocalStorage {
             tokio::fs::rename(&tmp, &path).await.map_err(io(key))?;
             tokio::fs::remove_file(src).await.map_err(io(key))?;
         }
-        // The new entry, and the job's folders up to the root when they were just made.
-        let mut dir = path.parent();
+        Ok(size)
+    }
+
+    /// fsyncs the folder of `prefix` and every folder above it up to the root, so that the
+    /// entries of files stored below survive a power loss.
+    pub(super) async fn sync_folders(&self, prefix: &str) -> Result<(), StorageError> {
+        let mut dir = Some(self.path(prefix.trim_end_matches('/'))?);
         while let Some(d) = dir {
-            sync_file(d).await.map_err(io(key))?;
+            sync_file(&d).await.map_err(io(prefix))?;
             if d == self.root {
                 break;
             }
-            dir = d.parent();
+            dir = d.parent().map(Path::to_path_buf);
         }
-        Ok(size)
+        Ok(())
     }
 
     pub(super) async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
@@ -181,6 +186,18 @@ mod tests {
         s.delete("jobs/b/job.json").await.unwrap();
         s.delete("jobs/b/job.json").await.unwrap();
         assert!(!s.exists("jobs/b/job.json").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stored_files_and_their_folders_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path().join("store")).unwrap();
+        let src = dir.path().join("upload");
+        std::fs::write(&src, b"photo").unwrap();
+        assert_eq!(s.store_file("jobs/x/inputs/a.jpg", &src).await.unwrap(), 5);
+        assert!(!src.exists(), "moved, not copied");
+        s.sync_folders("jobs/x/inputs").await.unwrap();
+        assert!(s.sync_folders("jobs/missing/inputs").await.is_err());
     }
 
     #[tokio::test]

@@ -75,6 +75,16 @@ impl Storage {
         }
     }
 
+    /// Makes files stored under `prefix` durable where that is this backend's job: local storage
+    /// fsyncs the folders (each file's data is fsync'd as it is stored); S3 has answered each PUT
+    /// once it is durable.
+    pub async fn sync_folders(&self, prefix: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(s) => s.sync_folders(prefix).await,
+            Storage::S3(_) => Ok(()),
+        }
+    }
+
     /// Copies a local file into storage under `key`, streaming it, and keeps the source; returns
     /// its size.
     pub async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {

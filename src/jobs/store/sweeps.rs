@@ -46,10 +46,23 @@ impl Store {
         Ok(taken == 1)
     }
 
-    /// Records that the job's message is with the queue.
-    pub async fn published(&self, id: Uuid) -> Result<(), StoreError> {
-        let sql = "UPDATE jobs SET unpublished_since = NULL WHERE id = $1";
-        on!(&self.db, pool => sqlx::query(sql).bind(key(id)).execute(pool).await.map(|_| ())?);
+    /// Records that these jobs' messages are with the queue, in one statement.
+    pub async fn published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE jobs SET unpublished_since = NULL WHERE id IN ({})",
+            marks.join(", ")
+        );
+        on!(&self.db, pool => {
+            let mut q = sqlx::query(&sql);
+            for id in ids {
+                q = q.bind(key(*id));
+            }
+            q.execute(pool).await.map(|_| ())?
+        });
         Ok(())
     }
 

@@ -18,6 +18,9 @@ fn keys_sort_by_creation_time() {
     let t = Utc::now();
     assert!(id_floor(t - chrono::Duration::milliseconds(1)) <= key(Uuid::now_v7()));
     assert!(key(a) < id_floor(t + chrono::Duration::milliseconds(2)));
+    // Times outside what an id can hold sort before or after every id.
+    assert!(id_floor(DateTime::<Utc>::MAX_UTC) > key(b));
+    assert!(id_floor(DateTime::<Utc>::MIN_UTC) < key(a));
 }
 
 #[tokio::test]
@@ -140,7 +143,7 @@ async fn outbox_hands_each_unpublished_job_to_one_taker() {
         .take_unpublished(id, Utc::now() - chrono::Duration::seconds(5))
         .await
         .unwrap());
-    s.published(id).await.unwrap();
+    s.published(&[id]).await.unwrap();
     assert!(s.unpublished(soon).await.unwrap().is_empty());
     // A retried job needs a message again.
     s.update(id, |j| {
