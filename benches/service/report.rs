@@ -148,40 +148,46 @@ pub fn at_most(buckets: &[(f64, f64)], bound: f64) -> f64 {
         .map_or(f64::NAN, |(_, c)| *c)
 }
 
-/// CPU seconds used so far by some processes: by pid, by name (`garage`, `beam.smp`), and by
-/// the children this process has waited for (wrk).
+/// CPU seconds used so far by some processes: by pid, by name (`postgres`, `beam.smp`: every
+/// process of that name, found anew at each reading, with the CPU of the children they reaped, so
+/// that PostgreSQL's per-connection backends count, also once they have exited), and by the
+/// children this process has waited for (wrk).
 pub struct Cpu {
     pids: Vec<u32>,
+    names: Vec<String>,
+}
+
+/// utime + stime (and, with `reaped`, cutime + cstime) of a process, in seconds.
+fn cpu_secs(pid: u32, reaped: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: utime, stime, cutime, cstime are fields 14 to 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let fields = if reaped { 11..15 } else { 11..13 };
+    fields.map(|i| f.get(i).unwrap_or(&0.0)).sum::<f64>() / 100.0
 }
 
 impl Cpu {
-    /// The processes with these pids and these exact names.
+    /// The processes with these pids, and those with these exact names.
     pub fn of(pids: &[u32], names: &[&str]) -> Cpu {
-        let mut pids = pids.to_vec();
-        for name in names {
-            let out = std::process::Command::new("pgrep").args(["-x", name]).output().unwrap();
-            pids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|l| l.parse::<u32>().ok()),
-            );
+        Cpu {
+            pids: pids.to_vec(),
+            names: names.iter().map(|n| n.to_string()).collect(),
         }
-        Cpu { pids }
     }
 
-    /// CPU seconds of each process, then of the waited-for children, then of this process.
+    /// CPU seconds of each pid, then of each name, then of the waited-for children, then of this
+    /// process.
     pub fn now(&self) -> Vec<f64> {
-        let ticks = |stat: String| {
-            // After the command name in parentheses: utime and stime are fields 14 and 15.
-            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-        };
-        let mut out: Vec<f64> = self
-            .pids
-            .iter()
-            .map(|p| ticks(std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default()))
-            .collect();
+        let mut out: Vec<f64> = self.pids.iter().map(|p| cpu_secs(*p, false)).collect();
+        for name in &self.names {
+            let found = std::process::Command::new("pgrep").args(["-x", name]).output().unwrap();
+            let pids = String::from_utf8_lossy(&found.stdout)
+                .lines()
+                .filter_map(|l| l.parse::<u32>().ok())
+                .collect::<Vec<_>>();
+            out.push(pids.iter().map(|p| cpu_secs(*p, true)).sum());
+        }
         for who in [libc::RUSAGE_CHILDREN, libc::RUSAGE_SELF] {
             // SAFETY: getrusage fills the struct it is given.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
