@@ -39,6 +39,14 @@ pub struct Filter {
 #[derive(Debug)]
 pub struct Store {
     db: Db,
+    /// New jobs, to the group commit (`group`).
+    inserts: tokio::sync::mpsc::UnboundedSender<group::Pending>,
+}
+
+impl std::fmt::Debug for group::Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pending({})", self.job.id)
+    }
 }
 
 /// A row's key: the id's 16 bytes, whose order is creation order.
@@ -69,9 +77,11 @@ enum Param {
 }
 
 impl Store {
-    /// A store on an open database.
+    /// A store on an open database (from a Tokio runtime: its group commit runs as a task).
     pub fn new(db: Db) -> Store {
-        Store { db }
+        let (inserts, rows) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(group::run(db.clone(), rows));
+        Store { db, inserts }
     }
 
     /// The database, for `/ready`.
@@ -84,24 +94,19 @@ impl Store {
     /// unique column decides between concurrent submits, on any number of replicas.
     pub async fn insert(&self, job: Job) -> Result<Job, StoreError> {
         let doc = serde_json::to_string(&job)?;
-        let sql = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-                   unpublished_since, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) \
-                   ON CONFLICT (idempotency_key) DO NOTHING";
         for _ in 0..3 {
-            let inserted = on!(&self.db, pool => sqlx::query(sql)
-                .bind(key(job.id))
-                .bind(job.status.as_str())
-                .bind(&job.pipeline)
-                .bind(job.idempotency_key.as_deref())
-                .bind(millis(job.finished_at))
-                .bind(webhook_pending(&job))
-                .bind(Utc::now().timestamp_millis())
-                .bind(&doc)
-                .execute(pool)
-                .await?
-                .rows_affected());
-            if inserted == 1 {
-                return Ok(job);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let pending = group::Pending {
+                job: job.clone(),
+                doc: doc.clone(),
+                reply,
+            };
+            let lost = || StoreError::Db(sqlx::Error::PoolClosed);
+            self.inserts.send(pending).map_err(|_| lost())?;
+            match answer.await.map_err(|_| lost())? {
+                Ok(true) => return Ok(job),
+                Ok(false) => {}
+                Err(e) => return Err(StoreError::Db(sqlx::Error::Protocol(e))),
             }
             let Some(k) = &job.idempotency_key else { break };
             // The key's job may be deleted between the two statements: then insert again.
@@ -256,6 +261,7 @@ impl Store {
     }
 }
 
+mod group;
 mod sweeps;
 
 #[cfg(test)]

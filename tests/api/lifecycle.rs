@@ -192,9 +192,15 @@ async fn timeout_kills_the_whole_tree() {
     let id = app
         .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "timeout_secs": 4}))
         .await;
-    // The tree exists first: the engine, the hanging node and its grandchild in another session.
-    app.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
-    let tree = process_tree(&job_processes(&id));
+    // The tree exists first: the engine, the hanging node and its grandchild in another session
+    // (one reading of /proc: short-lived helpers come and go between two).
+    let seen = std::cell::RefCell::new(Default::default());
+    app.wait_for(&id, 20, |_| {
+        *seen.borrow_mut() = process_tree(&job_processes(&id));
+        seen.borrow().len() >= 3
+    })
+    .await;
+    let tree = seen.into_inner();
     assert!(tree.len() >= 3, "{tree:?}");
     let job = app.wait_final(&id, 30).await;
     assert_eq!(job["status"], "failed");

@@ -112,6 +112,33 @@ async fn idempotency_key_returns_the_first_job() {
 }
 
 #[tokio::test]
+async fn concurrent_inserts_share_commits_and_one_key_makes_one_job() {
+    let s = std::sync::Arc::new(store().await);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut job = Job::new("draft".into(), 60);
+                job.idempotency_key = (i % 2 == 0).then(|| format!("k{}", i % 4));
+                (job.id, s.insert(job).await.unwrap().id)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    // 20 jobs without a key, and one for each of the keys k0 and k2.
+    let (page, _) = s.list(&Filter::default(), 100, None).await.unwrap();
+    assert_eq!(page.len(), 22);
+    for key in ["k0", "k2"] {
+        let first = s.find_idempotent(key).await.unwrap().unwrap().id;
+        let named = answers.iter().filter(|(_, got)| *got == first).count();
+        assert_eq!(named, 10, "every submit with {key} got its one job");
+    }
+}
+
+#[tokio::test]
 async fn concurrent_updates_are_all_kept() {
     let s = std::sync::Arc::new(store().await);
     let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;

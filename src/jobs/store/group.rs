@@ -1,0 +1,79 @@
+//! Group commit of new jobs: the inserts of concurrent submits go to the database as one
+//! statement and one commit, so a burst of submits costs one log flush, not one each. A submit
+//! waits for the statement that carries its row; that statement starts as soon as the previous
+//! one ends, with every row that arrived meanwhile.
+
+use super::{key, millis, webhook_pending};
+use crate::jobs::db::{on, Db};
+use crate::jobs::Job;
+use chrono::Utc;
+use std::collections::HashSet;
+use tokio::sync::{mpsc, oneshot};
+
+/// Rows in one statement at most (8 parameters each, well under both backends' limits).
+const MAX_ROWS: usize = 200;
+
+/// A row waiting for its statement, and where to say whether it was inserted (false: its
+/// idempotency key was taken) or why the statement failed.
+pub(super) struct Pending {
+    pub job: Job,
+    pub doc: String,
+    pub reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Runs the statements until every sender is gone.
+pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::new();
+    while rows.recv_many(&mut batch, MAX_ROWS).await > 0 {
+        // Every statement takes the unique keys in the same order, so that two replicas inserting
+        // the same keys at once wait for each other instead of deadlocking.
+        batch.sort_by(|a: &Pending, b: &Pending| a.job.idempotency_key.cmp(&b.job.idempotency_key));
+        let mut inserted = insert(&db, &batch).await;
+        if let Err(sqlx::Error::Database(e)) = &inserted {
+            // A deadlock or serialization failure chose this statement: it can only succeed anew.
+            log::warn!("inserting {} job(s) failed ({e}); trying once more", batch.len());
+            inserted = insert(&db, &batch).await;
+        }
+        let inserted = inserted.map_err(|e| e.to_string());
+        for p in batch.drain(..) {
+            let answer = match &inserted {
+                Ok(ids) => Ok(ids.contains(&key(p.job.id))),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = p.reply.send(answer);
+        }
+    }
+}
+
+/// One multi-row insert; returns the ids of the rows inserted (a row whose idempotency key is
+/// taken, by an earlier job or by an earlier row of the same statement, is left out).
+async fn insert(db: &Db, batch: &[Pending]) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
+    let rows: Vec<String> = (0..batch.len())
+        .map(|r| {
+            let p: Vec<String> = (1..=8).map(|i| format!("${}", r * 8 + i)).collect();
+            format!("({}, 1)", p.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
+         unpublished_since, doc, version) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        rows.join(", ")
+    );
+    let now = Utc::now().timestamp_millis();
+    let ids: Vec<Vec<u8>> = on!(db, pool => {
+        let mut q = sqlx::query_scalar(&sql);
+        for p in batch {
+            q = q
+                .bind(key(p.job.id))
+                .bind(p.job.status.as_str())
+                .bind(p.job.pipeline.clone())
+                .bind(p.job.idempotency_key.clone())
+                .bind(millis(p.job.finished_at))
+                .bind(webhook_pending(&p.job))
+                .bind(now)
+                .bind(p.doc.clone());
+        }
+        q.fetch_all(pool).await?
+    });
+    Ok(ids.into_iter().collect())
+}
