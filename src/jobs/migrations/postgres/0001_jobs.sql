@@ -1,3 +1,4 @@
+-- Kept in step with ../sqlite/0001_jobs.sql: the two differ only in the id's type (BYTEA here).
 -- Job records. `doc` is the whole record as JSON; the other columns are derived from it on every
 -- write so that lists and sweeps can use indexes. `unpublished_since` (unix ms) is set while the
 -- job is stored but its queue message not yet confirmed (the outbox); `version` counts writes.
