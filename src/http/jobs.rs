@@ -30,9 +30,13 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/jobs/{id}/files/{name:.+}", "GET").route(web::get().to(file)));
 }
 
+/// A job id from the path; any text that is no id names no job.
+fn job_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::job_not_found())
+}
+
 async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
-    let id: Uuid = id.parse().map_err(|_| ApiError::job_not_found())?;
-    app.store.get(id).await?.ok_or_else(ApiError::job_not_found)
+    app.store.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -121,8 +125,8 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = find(&app, &id).await?;
-    let canceled = lifecycle::cancel(&app.store, &app.webhooks, job.id)
+    let id = job_id(&id)?;
+    let canceled = lifecycle::cancel(&app.store, &app.webhooks, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
     match canceled {
@@ -149,8 +153,8 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
     responses((status = 202, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = find(&app, &id).await?;
-    let retried = lifecycle::retry(&app.store, job.id)
+    let id = job_id(&id)?;
+    let retried = lifecycle::retry(&app.store, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?
         .map_err(|_| {
@@ -162,9 +166,9 @@ pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<
         })?;
     // Committed: when the queue refuses now, the outbox sweep queues it later.
     if let Err(e) = app.publish(&retried).await {
-        log::warn!("job {}: retried, queued later ({e})", job.id);
+        log::warn!("job {id}: retried, queued later ({e})");
     }
-    log::info!("job {}: retried", job.id);
+    log::info!("job {id}: retried");
     Ok(HttpResponse::Accepted().json(JobView::from(retried)))
 }
 
@@ -173,11 +177,11 @@ pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<
         (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = find(&app, &id).await?;
-    if !app.remove_job(job.id).await? {
+    let id = job_id(&id)?;
+    if !app.remove_job(id).await? {
         // A worker runs it (the store never deletes a processing job), or another request
         // deleted it meanwhile.
-        return match app.store.get(job.id).await? {
+        return match app.store.get(id).await? {
             Some(_) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "job_running",
@@ -186,7 +190,7 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
             None => Err(ApiError::job_not_found()),
         };
     }
-    log::info!("job {}: deleted", job.id);
+    log::info!("job {id}: deleted");
     Ok(HttpResponse::NoContent().finish())
 }
 
