@@ -3,6 +3,7 @@
 //! the container structure is walked to its real end (`structure`), so truncated files, broken
 //! structures and polyglots (an image with an archive or a script appended) are refused.
 
+use crate::error::Code;
 use std::path::Path;
 
 mod structure;
@@ -54,11 +55,11 @@ pub enum ImageError {
 
 impl ImageError {
     /// The API error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            ImageError::NotAnImage => "unsupported_image_type",
-            ImageError::TooManyPixels { .. } => "image_too_many_pixels",
-            ImageError::BadHeader | ImageError::BadEnd | ImageError::Corrupt => "invalid_image",
+            ImageError::NotAnImage => Code::UnsupportedImageType,
+            ImageError::TooManyPixels { .. } => Code::ImageTooManyPixels,
+            ImageError::BadHeader | ImageError::BadEnd | ImageError::Corrupt => Code::InvalidImage,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod engine;
+pub mod error;
 pub mod http;
 pub mod images;
 pub mod jobs;

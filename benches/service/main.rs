@@ -1,8 +1,8 @@
 //! The benchmark of meshroom-svc (BENCHMARKS.md): each figure is measured side by side, in the
 //! same run, with the raw limit it is compared to, so the ratio holds on a noisy shared machine.
 //!
-//! `scripts/bench` installs and starts what it needs and runs `cargo bench --bench service`.
-//! Under `cargo test` (no `--bench` argument) the same code runs at reduced sizes as a smoke test:
+//! `scripts/bench` installs and starts what it needs and runs `cargo bench --features full --bench service`.
+//! Under `cargo test --features full` (no `--bench` argument) the same code runs at reduced sizes as a smoke test:
 //! it proves the benchmark works, not that the targets are met.
 
 #[allow(dead_code)]
@@ -11,6 +11,9 @@ mod cluster;
 #[allow(dead_code)]
 #[path = "../../tests/api/helpers.rs"]
 mod helpers;
+#[allow(dead_code)]
+#[path = "../../tests/fixtures/photos.rs"]
+mod photos;
 #[allow(dead_code)]
 #[path = "../../tests/api/procs.rs"]
 mod procs;

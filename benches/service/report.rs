@@ -44,7 +44,9 @@ impl Row {
 pub fn print(rows: &[Row], full: bool) {
     println!();
     if !full {
-        println!("Smoke run (`cargo test`): reduced sizes, debug build; the verdicts mean nothing here.");
+        println!(
+            "Smoke run (`cargo test --features full`): reduced sizes, debug build; the verdicts mean nothing here."
+        );
     }
     println!("| figure | measured | compared with, same run | ratio | target | met |");
     println!("|---|---|---|---|---|---|");

@@ -3,6 +3,7 @@
 //! and log tails the same way.
 
 use crate::config::EngineConfig;
+use crate::error::Code;
 use crate::jobs::{ErrorInfo, Progress, Summary};
 use crate::pipelines::Engine;
 use crate::process::{Ended, SuperviseError};
@@ -61,14 +62,14 @@ impl EngineError {
     /// The job error this becomes.
     pub fn to_error_info(&self) -> ErrorInfo {
         let code = match self {
-            EngineError::NotFound(_) => "engine_not_found",
-            EngineError::Spawn(..) => "engine_spawn_failed",
-            EngineError::Failed { .. } => "engine_failed",
-            EngineError::OutputMissing(_) => "engine_output_missing",
-            EngineError::TooFewRegistered { .. } => "too_few_images_registered",
-            EngineError::Timeout(_) => "engine_timeout",
-            EngineError::Canceled => "canceled",
-            EngineError::Io(_) => "engine_io_error",
+            EngineError::NotFound(_) => Code::EngineNotFound,
+            EngineError::Spawn(..) => Code::EngineSpawnFailed,
+            EngineError::Failed { .. } => Code::EngineFailed,
+            EngineError::OutputMissing(_) => Code::EngineOutputMissing,
+            EngineError::TooFewRegistered { .. } => Code::TooFewImagesRegistered,
+            EngineError::Timeout(_) => Code::EngineTimeout,
+            EngineError::Canceled => Code::Canceled,
+            EngineError::Io(_) => Code::EngineIoError,
         };
         ErrorInfo::new(code, self.to_string())
     }
@@ -247,7 +248,7 @@ mod tests {
             ..Default::default()
         };
         let err = find_binary(Engine::Colmap, &config).unwrap_err();
-        assert_eq!(err.to_error_info().code, "engine_not_found");
+        assert_eq!(err.to_error_info().code, Code::EngineNotFound);
         assert!(err.to_string().contains("engine.colmap"), "{err}");
     }
 }

@@ -2,10 +2,10 @@
 
 use super::{submit, ApiError};
 use crate::app::App;
+use crate::error::Code;
 use crate::jobs::lifecycle::{self, Cancel};
 use crate::jobs::{Filter, Job, JobView, Status};
 use crate::{engine, worker};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -96,7 +96,7 @@ pub(super) struct JobPage {
 pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be 1 to 100"));
+        return Err(ApiError::new(Code::InvalidQuery, "limit must be 1 to 100"));
     }
     let filter = Filter {
         status: q.status,
@@ -142,8 +142,7 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
             Ok(HttpResponse::Accepted().json(JobView::from(job)))
         }
         Cancel::Final(status) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "job_not_cancelable",
+            Code::JobNotCancelable,
             format!("the job is already {}", status.as_str()),
         )),
     }
@@ -157,13 +156,7 @@ pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<
     let retried = lifecycle::retry(&app.store, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "job_not_retryable",
-                "only failed or canceled jobs can be retried",
-            )
-        })?;
+        .map_err(|_| ApiError::new(Code::JobNotRetryable, "only failed or canceled jobs can be retried"))?;
     // Committed: when the queue refuses now, the outbox sweep queues it later.
     if let Err(e) = app.publish(&retried).await {
         log::warn!("job {id}: retried, queued later ({e})");
@@ -182,11 +175,7 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
         // A worker runs it (the store never deletes a processing job), or another request
         // deleted it meanwhile.
         return match app.store.get(id).await? {
-            Some(_) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_running",
-                "cancel the job before deleting it",
-            )),
+            Some(_) => Err(ApiError::new(Code::JobRunning, "cancel the job before deleting it")),
             None => Err(ApiError::job_not_found()),
         };
     }
@@ -208,13 +197,7 @@ pub(super) async fn file(
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
     let job = find(&app, &id).await?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "file_not_found",
-            format!("the job has no result file '{name}'"),
-        )
-    };
+    let not_found = || ApiError::new(Code::FileNotFound, format!("the job has no result file '{name}'"));
     if !job.results.iter().any(|r| r.name == name) {
         return Err(not_found());
     }
@@ -247,13 +230,7 @@ pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Resu
         Some(t) => t,
         None => match app.storage.get_bytes(&Job::key(job.id, "engine.log")).await {
             Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "log_not_found",
-                    "the engine has not run for this job",
-                ))
-            }
+            _ => return Err(ApiError::new(Code::LogNotFound, "the engine has not run for this job")),
         },
     };
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text))

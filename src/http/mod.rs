@@ -1,6 +1,7 @@
 //! The HTTP API (actix-web): routes under `/api/v1`, one error shape, API-key auth.
 
 use crate::app::App;
+use crate::error::Code;
 use crate::jobs::{ErrorInfo, StoreError};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -19,15 +20,15 @@ mod jobs;
 mod meta;
 mod multipart;
 mod openapi;
+pub mod request_log;
 mod staging;
 mod submit;
 
 pub use staging::spawn_sweep as spawn_staging_sweep;
 
-/// An API error: an HTTP status and the `{message, code}` shape.
+/// An API error: the `{message, code}` shape; the code gives the HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
     info: ErrorInfo,
 }
 
@@ -39,22 +40,16 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    /// An error with a status, a machine-readable code and a message.
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+    /// An error with a code (which gives its HTTP status) and a message.
+    pub fn new(code: Code, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
             info: ErrorInfo::new(code, message),
         }
     }
 
-    /// 400 with a code.
-    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
     /// 404 for a job id that does not exist.
     pub fn job_not_found() -> ApiError {
-        Self::new(StatusCode::NOT_FOUND, "job_not_found", "no job with this id")
+        Self::new(Code::JobNotFound, "no job with this id")
     }
 }
 
@@ -66,10 +61,10 @@ impl std::fmt::Display for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        StatusCode::from_u16(self.info.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        HttpResponse::build(self.status_code()).json(ErrorBody {
             error: self.info.clone(),
         })
     }
@@ -78,33 +73,21 @@ impl ResponseError for ApiError {
 impl From<crate::queue::QueueError> for ApiError {
     fn from(e: crate::queue::QueueError) -> Self {
         log::warn!("queue: {e}");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_unavailable",
-            "the job queue is unavailable; try again",
-        )
+        Self::new(Code::QueueUnavailable, "the job queue is unavailable; try again")
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         log::error!("job store: {e}");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            "the job database is unavailable; try again",
-        )
+        Self::new(Code::DatabaseUnavailable, "the job database is unavailable; try again")
     }
 }
 
 impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> Self {
         log::error!("storage: {e}");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "storage is unavailable; try again",
-        )
+        Self::new(Code::StorageUnavailable, "storage is unavailable; try again")
     }
 }
 
@@ -129,14 +112,15 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .wrap(from_fn(head_as_get))
+            .wrap(from_fn(request_log::assign))
+            .wrap(request_log::logger())
             .app_data(data.clone())
             .app_data(
                 web::QueryConfig::default()
-                    .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+                    .error_handler(|e, _| ApiError::new(Code::InvalidQuery, e.to_string()).into()),
             )
             .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).into()),
+                web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::NotFound, e.to_string()).into()),
             )
             .configure(meta::configure)
             .service(
@@ -145,7 +129,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                     .service(web::scope("").wrap(from_fn(require_api_key)).configure(jobs::configure)),
             )
             .default_service(web::to(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").error_response()
+                ApiError::new(Code::NotFound, "no such route").error_response()
             }))
     })
     .keep_alive(KEEP_ALIVE)
@@ -164,12 +148,7 @@ pub fn ops_server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix
             .app_data(data.clone())
             .configure(meta::configure)
             .default_service(web::to(|| async {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "a worker serves /health, /ready and /metrics only",
-                )
-                .error_response()
+                ApiError::new(Code::NotFound, "a worker serves /health, /ready and /metrics only").error_response()
             }))
     })
     .workers(1)
@@ -190,12 +169,7 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(move || {
         let allow = allow.clone();
         async move {
-            let mut resp = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("this route takes {allow}"),
-            )
-            .error_response();
+            let mut resp = ApiError::new(Code::MethodNotAllowed, format!("this route takes {allow}")).error_response();
             if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
                 resp.headers_mut().insert(actix_web::http::header::ALLOW, value);
             }
@@ -233,18 +207,10 @@ fn check_api_key(app: &App, req: &actix_web::HttpRequest) -> Result<(), ApiError
         return Ok(());
     }
     let Some(given) = req.headers().get("x-api-key") else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
-            "send an X-API-Key header",
-        ));
+        return Err(ApiError::new(Code::MissingApiKey, "send an X-API-Key header"));
     };
     if !key_matches(keys, given.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "the X-API-Key is not valid",
-        ));
+        return Err(ApiError::new(Code::InvalidApiKey, "the X-API-Key is not valid"));
     }
     Ok(())
 }

@@ -5,10 +5,10 @@ use super::staging::next_within;
 use super::submit::SubmitRequest;
 use super::ApiError;
 use crate::app::App;
+use crate::error::Code;
 use crate::images;
 use crate::jobs::Upload;
 use actix_multipart::Multipart;
-use actix_web::http::StatusCode;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -46,7 +46,7 @@ pub(super) async fn read_multipart(
             let text = read_text_field(&mut field, max, idle).await.map_err(|e| match e {
                 TextError::TooLong if is_url && max == MAX_URL_BYTES => url_too_long(),
                 TextError::TooLong => too_large(
-                    "payload_too_large",
+                    Code::PayloadTooLarge,
                     "server.max_json_bytes, for all text parts",
                     app.config.server.max_json_bytes,
                 ),
@@ -75,14 +75,14 @@ pub(super) async fn read_multipart(
             total += chunk.len() as u64;
             if size > limits.max_image_bytes {
                 return Err(too_large(
-                    "image_too_large",
+                    Code::ImageTooLarge,
                     "limits.max_image_bytes",
                     limits.max_image_bytes,
                 ));
             }
             if total > limits.max_total_bytes {
                 return Err(too_large(
-                    "images_too_large",
+                    Code::ImagesTooLarge,
                     "limits.max_total_bytes",
                     limits.max_total_bytes,
                 ));
@@ -121,18 +121,17 @@ async fn read_text_field(field: &mut actix_multipart::Field, max: usize, idle: D
         bytes.extend_from_slice(&chunk);
     }
     String::from_utf8(bytes)
-        .map_err(|_| TextError::Api(ApiError::bad_request("invalid_multipart", "form fields must be UTF-8")))
+        .map_err(|_| TextError::Api(ApiError::new(Code::InvalidMultipart, "form fields must be UTF-8")))
 }
 
 fn bad_multipart(e: actix_multipart::MultipartError) -> ApiError {
-    ApiError::bad_request("invalid_multipart", e.to_string())
+    ApiError::new(Code::InvalidMultipart, e.to_string())
 }
 
 /// 408: the client stopped sending in the middle of its request.
 pub(super) fn body_timeout(idle: Duration) -> ApiError {
     ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
+        Code::BodyTimeout,
         format!(
             "the request body stalled for {} s (server.body_timeout_secs)",
             idle.as_secs()
@@ -142,15 +141,15 @@ pub(super) fn body_timeout(idle: Duration) -> ApiError {
 
 /// 400 for an image URL over [`MAX_URL_BYTES`].
 pub(super) fn url_too_long() -> ApiError {
-    ApiError::bad_request(
-        "invalid_image_url",
+    ApiError::new(
+        Code::InvalidImageUrl,
         format!("an image URL is at most {MAX_URL_BYTES} bytes"),
     )
 }
 
 fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
     fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, ApiError> {
-        serde_json::from_str(text).map_err(|e| ApiError::bad_request("invalid_json", format!("{field}: {e}")))
+        serde_json::from_str(text).map_err(|e| ApiError::new(Code::InvalidJson, format!("{field}: {e}")))
     }
     match name {
         "image_urls" => request.image_urls.push(text),
@@ -160,13 +159,15 @@ fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<()
         "priority" => request.priority = Some(json(name, &format!("{text:?}"))?),
         "params" => request.params = json(name, &text)?,
         "timeout_secs" => {
-            request.timeout_secs = Some(text.trim().parse().map_err(|_| {
-                ApiError::bad_request("invalid_timeout", "timeout_secs must be a positive whole number")
-            })?)
+            request.timeout_secs = Some(
+                text.trim()
+                    .parse()
+                    .map_err(|_| ApiError::new(Code::InvalidTimeout, "timeout_secs must be a positive whole number"))?,
+            )
         }
         other => {
-            return Err(ApiError::bad_request(
-                "unknown_field",
+            return Err(ApiError::new(
+                Code::UnknownField,
                 format!("unknown form field '{}'", super::quote(other)),
             ))
         }
@@ -176,35 +177,21 @@ fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<()
 
 pub(super) fn too_many(max: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_many_images",
+        Code::TooManyImages,
         format!("a job takes at most {max} images (limits.max_images)"),
     )
 }
 
-fn too_large(code: &str, key: &str, max: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        code,
-        format!("over the limit of {max} bytes ({key})"),
-    )
+fn too_large(code: Code, key: &str, max: u64) -> ApiError {
+    ApiError::new(code, format!("over the limit of {max} bytes ({key})"))
 }
 
 fn staging_error(e: std::io::Error) -> ApiError {
     log::error!("upload staging: {e}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "storage_unavailable",
-        "cannot store the upload; try again",
-    )
+    ApiError::new(Code::StorageUnavailable, "cannot store the upload; try again")
 }
 
-/// An image refused by its content: 415 for other types, 413 for too many pixels, else 400.
+/// An image refused by its content (its code gives the status: 415, 413 or 400).
 fn image_error(name: &str, e: images::ImageError) -> ApiError {
-    let status = match e {
-        images::ImageError::NotAnImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        images::ImageError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ApiError::new(status, e.code(), format!("'{}': {e}", super::quote(name)))
+    ApiError::new(e.code(), format!("'{}': {e}", super::quote(name)))
 }

@@ -1,14 +1,15 @@
 //! `POST /jobs` (and its alias `POST /reconstruct`): JSON with image URLs, or multipart with the
 //! images streamed to disk as they arrive, checked against the limits before they are kept.
 
+use super::request_log::RequestId;
 use super::staging::{next_within, Staging};
 use super::{multipart, quote, ApiError};
 use crate::app::App;
+use crate::error::Code;
 use crate::jobs::{Job, JobView, Upload};
 use crate::pipelines::PipelineError;
 use actix_multipart::Multipart;
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -101,8 +102,7 @@ pub(super) async fn submit(
         }
         _ => {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 "send application/json or multipart/form-data",
             ))
         }
@@ -123,11 +123,7 @@ pub(super) async fn submit(
             .await
             .map_err(|e| {
                 log::error!("job {}: storing an upload failed: {e}", job.id);
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "storage is unavailable; try again",
-                )
+                ApiError::new(Code::StorageUnavailable, "storage is unavailable; try again")
             })?;
     }
     if !job.uploads.is_empty() {
@@ -150,8 +146,13 @@ pub(super) async fn submit(
         log::warn!("job {}: stored, to be queued later ({e})", stored.id);
     }
     app.metrics.submitted.inc();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     log::info!(
-        "job {}: enqueued ({} URLs, {} uploads, pipeline {})",
+        "job {}: enqueued ({} URLs, {} uploads, pipeline {}; request {request_id})",
         stored.id,
         stored.image_urls.len(),
         stored.uploads.len(),
@@ -193,8 +194,8 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     };
     match value.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_string())),
-        _ => Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+        _ => Err(ApiError::new(
+            Code::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         )),
     }
@@ -208,17 +209,16 @@ async fn read_json(app: &App, mut payload: web::Payload) -> Result<SubmitRequest
         .await
         .map_err(|_| multipart::body_timeout(idle))?
     {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let chunk = chunk.map_err(|e| ApiError::new(Code::InvalidBody, e.to_string()))?;
         if body.len() + chunk.len() > max {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                Code::PayloadTooLarge,
                 format!("JSON bodies are limited to {max} bytes"),
             ));
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| ApiError::new(Code::InvalidJson, e.to_string()))
 }
 
 /// Checks a request and fills the job from it.
@@ -226,8 +226,8 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     let limits = &app.config.limits;
     let count = req.image_urls.len() + uploads.len();
     if count == 0 {
-        return Err(ApiError::bad_request(
-            "no_images",
+        return Err(ApiError::new(
+            Code::NoImages,
             "give image_urls or upload files in 'images' parts",
         ));
     }
@@ -238,23 +238,22 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         if url.len() > multipart::MAX_URL_BYTES {
             return Err(multipart::url_too_long());
         }
-        check_url(app, url, "invalid_image_url")?;
+        check_url(app, url, Code::InvalidImageUrl)?;
     }
     if let Some(url) = &req.callback_url {
         if url.len() > multipart::MAX_URL_BYTES {
-            return Err(ApiError::bad_request(
-                "invalid_callback_url",
+            return Err(ApiError::new(
+                Code::InvalidCallbackUrl,
                 format!("a callback URL is at most {} bytes", multipart::MAX_URL_BYTES),
             ));
         }
-        check_url(app, url, "invalid_callback_url")?;
+        check_url(app, url, Code::InvalidCallbackUrl)?;
     }
     if let Some(metadata) = &req.metadata {
         let size = serde_json::to_vec(metadata).map_or(0, |v| v.len()) as u64;
         if size > limits.max_metadata_bytes {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "metadata_too_large",
+                Code::MetadataTooLarge,
                 format!(
                     "metadata is {size} bytes of JSON, over limits.max_metadata_bytes ({})",
                     limits.max_metadata_bytes
@@ -264,8 +263,8 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     }
     let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
     let Some(preset) = app.pipelines.get(&pipeline) else {
-        return Err(ApiError::bad_request(
-            "unknown_pipeline",
+        return Err(ApiError::new(
+            Code::UnknownPipeline,
             format!(
                 "no pipeline '{}'; available: {}",
                 quote(&pipeline),
@@ -275,8 +274,7 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
     };
     if preset.gpu && !app.gpu_available() {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "gpu_unavailable",
+            Code::GpuUnavailable,
             format!("pipeline '{pipeline}' needs a GPU and this deployment has none; use 'draft'"),
         ));
     }
@@ -287,8 +285,8 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_param",
+                return Err(ApiError::new(
+                    Code::InvalidParam,
                     format!("parameter '{}' must be a string, number or boolean", quote(&k)),
                 ))
             }
@@ -296,16 +294,16 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
         params.insert(k, value);
     }
     preset.overrides_with(&params).map_err(|e| match e {
-        PipelineError::ParamNotAllowed(..) => ApiError::bad_request("param_not_allowed", e.to_string()),
-        _ => ApiError::bad_request("invalid_param", e.to_string()),
+        PipelineError::ParamNotAllowed(..) => ApiError::new(Code::ParamNotAllowed, e.to_string()),
+        _ => ApiError::new(Code::InvalidParam, e.to_string()),
     })?;
     let max_timeout = app.config.engine.timeout_secs;
     let timeout_secs = match req.timeout_secs {
         None => max_timeout,
         Some(t) if t >= 1 && t <= max_timeout => t,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_timeout",
+            return Err(ApiError::new(
+                Code::InvalidTimeout,
                 format!("timeout_secs must be 1 to {max_timeout}"),
             ))
         }
@@ -322,13 +320,13 @@ fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Vec<Upload>) 
 }
 
 /// An http(s) URL whose host the egress policy allows (names are checked again when resolved).
-fn check_url(app: &App, url: &str, code: &str) -> Result<(), ApiError> {
-    let bad = || ApiError::bad_request(code, format!("'{}' is not an http or https URL", quote(url)));
+fn check_url(app: &App, url: &str, code: Code) -> Result<(), ApiError> {
+    let bad = || ApiError::new(code, format!("'{}' is not an http or https URL", quote(url)));
     let parsed = reqwest::Url::parse(url).map_err(|_| bad())?;
     match app.egress.check(&parsed) {
         Ok(()) => Ok(()),
-        Err(crate::egress::Blocked::Internal(why)) => Err(ApiError::bad_request(
-            "url_not_allowed",
+        Err(crate::egress::Blocked::Internal(why)) => Err(ApiError::new(
+            Code::UrlNotAllowed,
             format!("'{}' reaches {why}", quote(url)),
         )),
         Err(_) => Err(bad()),

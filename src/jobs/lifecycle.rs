@@ -13,6 +13,7 @@
 //! claim takes over and counts a lost attempt, and too many lost attempts fail it as a poison job.
 
 use super::{ErrorInfo, Job, Progress, ResultFile, Stage, Status, Store, StoreError, Summary};
+use crate::error::Code;
 use crate::webhook::Webhooks;
 use chrono::Utc;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub async fn claim(store: &Store, hooks: &Webhooks, id: Uuid, who: &Claimant<'_>
                         "the job was taken {} times and its worker stopped each time",
                         j.lost_attempts
                     );
-                    j.finish(Status::Failed, Some(ErrorInfo::new("poison_job", why)));
+                    j.finish(Status::Failed, Some(ErrorInfo::new(Code::PoisonJob, why)));
                     hooks.begin(j);
                     return Claim::Poison;
                 }

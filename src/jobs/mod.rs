@@ -1,6 +1,7 @@
 //! Jobs: the record every part of the service reads and writes, the database that keeps it, the
 //! lifecycle rules that change it, and the view clients get.
 
+use crate::error::Code;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -91,15 +92,15 @@ pub struct ErrorInfo {
     /// Human-readable explanation.
     pub message: String,
     /// Stable machine-readable code, e.g. `engine_timeout`.
-    pub code: String,
+    pub code: Code,
 }
 
 impl ErrorInfo {
     /// Builds an error from a code and a message.
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            code: code.into(),
+            code,
         }
     }
 }
@@ -340,7 +341,7 @@ mod tests {
     #[test]
     fn retry_clears_the_outcome() {
         let mut job = Job::new("draft".into(), 60);
-        job.finish(Status::Failed, Some(ErrorInfo::new("engine_failed", "boom")));
+        job.finish(Status::Failed, Some(ErrorInfo::new(Code::EngineFailed, "boom")));
         assert_eq!(job.event(), Some("job.failed"));
         job.reset_for_retry();
         assert_eq!(job.status, Status::Enqueued);

@@ -63,7 +63,7 @@ mod tests {
 
     #[test]
     fn standard_webhooks_test_vector() {
-        // ../shared/docs/webhooks.md, from the reference library's own test.
+        // docs/webhooks.md: the reference implementation's own test vector.
         let key = decode_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
         let sig = sign(
             &key,

@@ -4,6 +4,7 @@
 
 use crate::app::App;
 use crate::egress::{self, Egress};
+use crate::error::Code;
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
 use backon::{ExponentialBuilder, Retryable};
@@ -68,7 +69,7 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
                     })
                     .await
                     .map(|_| ())
-                    .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))
+                    .map_err(|e| ErrorInfo::new(Code::StorageError, e.to_string()))
             }
             .boxed(),
         );
@@ -95,7 +96,7 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| ErrorInfo::new("worker_io_error", format!("working folder: {e}")))
+        .map_err(|e| ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}")))
 }
 
 /// Gives every staged image the job's creation time. AliceVision's node uids depend on an image's
@@ -134,9 +135,9 @@ async fn fetch_counted(
     let shown = display_url(url);
     let transport = |e: reqwest::Error| match egress::is_blocked(&e) {
         // The egress policy refused the address: trying again changes nothing.
-        Some(why) => Failed::permanent(ErrorInfo::new("url_not_allowed", format!("image {shown}: {why}"))),
+        Some(why) => Failed::permanent(ErrorInfo::new(Code::UrlNotAllowed, format!("image {shown}: {why}"))),
         None => Failed {
-            info: ErrorInfo::new("download_failed", format!("image {shown}: {}", e.without_url())),
+            info: ErrorInfo::new(Code::DownloadFailed, format!("image {shown}: {}", e.without_url())),
             transient: true,
         },
     };
@@ -145,7 +146,7 @@ async fn fetch_counted(
         .and_then(|u| app.egress.check(&u))
     {
         return Err(Failed::permanent(ErrorInfo::new(
-            "url_not_allowed",
+            Code::UrlNotAllowed,
             format!("image {shown}: {why}"),
         )));
     }
@@ -160,14 +161,14 @@ async fn fetch_counted(
     let status = resp.status();
     if !status.is_success() {
         let transient = status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408;
-        let info = ErrorInfo::new("download_failed", format!("image {shown}: HTTP {status}"));
+        let info = ErrorInfo::new(Code::DownloadFailed, format!("image {shown}: HTTP {status}"));
         return Err(Failed { info, transient });
     }
     let name_hint = resp.url().path().to_string();
     let mut body = resp.bytes_stream();
     // Streamed to a temporary name: the file is named after its real type, known at the end.
     let partial = dir.join(format!("{index:04}.part"));
-    let io = |e: std::io::Error| Failed::permanent(ErrorInfo::new("worker_io_error", format!("working folder: {e}")));
+    let io = |e: std::io::Error| Failed::permanent(ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}")));
     let refused = |e: images::ImageError| Failed::permanent(ErrorInfo::new(e.code(), format!("image {shown}: {e}")));
     let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
     let mut inspector = images::Inspector::new(limits.max_image_pixels);
@@ -180,14 +181,14 @@ async fn fetch_counted(
                 "image {shown}: larger than limits.max_image_bytes ({})",
                 limits.max_image_bytes
             );
-            return Err(Failed::permanent(ErrorInfo::new("image_too_large", message)));
+            return Err(Failed::permanent(ErrorInfo::new(Code::ImageTooLarge, message)));
         }
         if sum > limits.max_total_bytes {
             let message = format!(
                 "the job's images exceed limits.max_total_bytes ({})",
                 limits.max_total_bytes
             );
-            return Err(Failed::permanent(ErrorInfo::new("images_too_large", message)));
+            return Err(Failed::permanent(ErrorInfo::new(Code::ImagesTooLarge, message)));
         }
         inspector.feed(&chunk).map_err(refused)?;
         file.write_all(&chunk).await.map_err(io)?;

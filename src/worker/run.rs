@@ -3,6 +3,7 @@
 use super::{download, Failure, Slot};
 use crate::app::App;
 use crate::engine::{self, EngineError};
+use crate::error::Code;
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Summary};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ pub(super) async fn execute(
         true => Failure::Interrupted,
         false => Failure::Canceled,
     };
-    let io = |e: std::io::Error| ErrorInfo::new("worker_io_error", format!("working folder: {e}"));
+    let io = |e: std::io::Error| ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}"));
     let images = dir.join("images");
     let mut clock = StageClock {
         app,
@@ -39,13 +40,13 @@ pub(super) async fn execute(
     }
     let preset = app.pipelines.get(&job.pipeline).ok_or_else(|| {
         ErrorInfo::new(
-            "unknown_pipeline",
+            Code::UnknownPipeline,
             format!("pipeline '{}' is not configured", job.pipeline),
         )
     })?;
     let overrides = preset
         .overrides_with(&job.params)
-        .map_err(|e| ErrorInfo::new("invalid_param", e.to_string()))?;
+        .map_err(|e| ErrorInfo::new(Code::InvalidParam, e.to_string()))?;
     let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
     clock.enter(Stage::Reconstructing).await;
     let owner = app.owner();
@@ -152,7 +153,7 @@ impl Drop for StageClock<'_> {
 /// Moves every output file into storage under `jobs/{id}/results/`.
 async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
     let mut files = Vec::new();
-    collect_files(output, output, &mut files).map_err(|e| ErrorInfo::new("worker_io_error", e.to_string()))?;
+    collect_files(output, output, &mut files).map_err(|e| ErrorInfo::new(Code::WorkerIoError, e.to_string()))?;
     files.sort();
     let mut results = Vec::new();
     for (name, path) in files {
@@ -162,7 +163,7 @@ async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultF
             .retry(download::backoff(app))
             .notify(|e, wait| log::warn!("job {id}: result {name} not stored ({e}); retry in {wait:?}"))
             .await
-            .map_err(|e| ErrorInfo::new("storage_error", e.to_string()))?;
+            .map_err(|e| ErrorInfo::new(Code::StorageError, e.to_string()))?;
         let url = format!("/api/v1/jobs/{id}/files/{name}");
         results.push(ResultFile { name, size, url });
     }

@@ -19,10 +19,7 @@ fn engines(c: &mut meshroom_svc::config::Config) {
 }
 
 fn all_photos() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/buddha13/images");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
+    crate::photos::real_photos()
         .iter()
         .map(|p| {
             (
@@ -53,6 +50,10 @@ fn noise_png() -> Vec<u8> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (COLMAP and the buddha13 photos): scripts/test"
+)]
 async fn buddha13_is_reconstructed_on_cpu() {
     let app = spawn_app_with(engines, vec![]).await;
     let photos = all_photos();
@@ -116,6 +117,10 @@ async fn buddha13_is_reconstructed_on_cpu() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (COLMAP and the buddha13 photos): scripts/test"
+)]
 async fn images_that_cannot_be_reconstructed_together_fail_clearly() {
     let app = spawn_app_with(engines, vec![]).await;
     let photos = all_photos();
@@ -137,6 +142,10 @@ async fn images_that_cannot_be_reconstructed_together_fail_clearly() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (COLMAP and the buddha13 photos): scripts/test"
+)]
 async fn colmap_runs_are_supervised_like_meshroom() {
     let app = spawn_app_with(engines, vec![]).await;
     let photos = all_photos();

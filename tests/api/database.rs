@@ -11,6 +11,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn idempotency_holds_across_two_serve_replicas() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -58,6 +62,10 @@ async fn idempotency_holds_across_two_serve_replicas() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres() {
     let services = Services::from_env();
     let db = TestDatabase::create(&services, &namespace()).await;
@@ -168,6 +176,10 @@ async fn a_deleted_queued_job_causes_no_stall() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_job_stored_while_the_broker_is_unreachable_is_queued_once_it_is_back() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;

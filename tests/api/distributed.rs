@@ -8,6 +8,10 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn replicas_share_jobs_cancel_and_downloads() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -87,6 +91,10 @@ async fn replicas_share_jobs_cancel_and_downloads() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_worker_killed_mid_job_leaves_it_to_another() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -115,6 +123,10 @@ async fn a_worker_killed_mid_job_leaves_it_to_another() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn sigterm_requeues_the_job_and_exits_zero() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -142,6 +154,10 @@ async fn sigterm_requeues_the_job_and_exits_zero() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -179,6 +195,10 @@ async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -215,6 +235,10 @@ async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn all_in_one_runs_on_rabbitmq_and_s3_too() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;

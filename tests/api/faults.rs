@@ -8,6 +8,10 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "2")]).await;
@@ -49,6 +53,10 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_broker_restart_under_load_loses_no_accepted_job() {
     let _broker = BROKER.write().await;
     let (c, serve, _worker) = Cluster::with_serve_and_worker(&[]).await;
@@ -117,6 +125,10 @@ async fn a_broker_restart_under_load_loses_no_accepted_job() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
     let _broker = BROKER.read().await;
     // One delivery allowed: the restarted worker dead-letters the job without running it, so only
@@ -149,6 +161,10 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_job_delivered_twice_runs_once() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -177,6 +193,10 @@ async fn a_job_delivered_twice_runs_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn forced_disconnects_during_submits_give_quick_answers_and_lose_nothing() {
     let _broker = BROKER.write().await;
     // Jobs of a fraction of a second: the point is the submits, not the engine.
@@ -262,6 +282,10 @@ async fn forced_disconnects_during_submits_give_quick_answers_and_lose_nothing()
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn jobs_survive_workers_killed_at_random() {
     let _broker = BROKER.read().await;
     // Jobs of about 5 s; a job may be hit several times, so no poison limit here.
@@ -323,6 +347,10 @@ async fn jobs_survive_workers_killed_at_random() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
     use futures_util::StreamExt;
     let _broker = BROKER.write().await;
@@ -358,6 +386,10 @@ async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_files() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[]).await;
@@ -450,6 +482,10 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_pending_webhook_outlives_every_process() {
     let _broker = BROKER.read().await;
     let c = Cluster::new(&[("MESHROOM_SVC_WEBHOOK_SCHEDULE_SECS", "0,4")]).await;

@@ -508,6 +508,10 @@ async fn start_up_refuses_typos_and_impossible_settings() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn a_worker_with_a_full_disk_leaves_jobs_to_the_others() {
     use crate::cluster::*;
     let _broker = BROKER.read().await;

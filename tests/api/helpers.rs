@@ -48,15 +48,9 @@ pub fn fake_engine() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meshroom_batch")
 }
 
-/// A real photo of the buddha13 data set (read from ../shared, never copied into the repo).
+/// A test photo, made on the spot: each `n` gives a different small JPEG.
 pub fn photo(n: usize) -> Vec<u8> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/buddha13/images");
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the buddha13 photos must be at {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    std::fs::read(&names[n % names.len()]).unwrap()
+    crate::photos::jpeg(n)
 }
 
 /// A small valid PNG (a few hundred bytes).

@@ -10,7 +10,10 @@ mod faults;
 mod hardening;
 mod helpers;
 mod lifecycle;
+mod logs;
 mod meshroom;
+#[path = "../fixtures/photos.rs"]
+mod photos;
 mod postgres;
 mod procs;
 mod restart;

@@ -124,6 +124,10 @@ fn as_postgres(mut cmd: Command) -> Command {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
 async fn postgres_killed_and_restarted_under_submit_load_loses_no_accepted_job() {
     let _broker = BROKER.read().await;
     let mut pg = PrivatePostgres::start().await;

@@ -12,6 +12,7 @@ fn storage(services: &Services) -> Storage {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "full"), ignore = "full tier (Garage): scripts/test")]
 async fn objects_round_trip_list_and_delete() {
     let s = storage(&Services::from_env());
     s.put_bytes("jobs/a/job.json", b"{}").await.unwrap();
@@ -38,6 +39,7 @@ async fn objects_round_trip_list_and_delete() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "full"), ignore = "full tier (Garage): scripts/test")]
 async fn large_files_stream_both_ways_and_presigned_links_work() {
     let s = storage(&Services::from_env());
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! Runs `meshroom_batch` for one job as ../shared/docs/meshroom-contract.md describes: pinned to
+//! Runs `meshroom_batch` for one job as docs/meshroom-contract.md describes: pinned to
 //! its GPU, with progress from its status files (refined by its printed lines), never with `--cache`.
 
 use super::{check_ended, EngineError, Run};

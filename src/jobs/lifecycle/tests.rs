@@ -1,6 +1,7 @@
 //! Lifecycle transitions on SQLite in memory: no broker, no storage.
 
 use super::*;
+use crate::error::Code;
 use crate::jobs::{Db, DeliveryState};
 
 async fn setup() -> (Store, Webhooks) {
@@ -79,7 +80,7 @@ async fn a_stale_lease_is_taken_over_and_counted_then_poison() {
     }
     let job = s.get(id).await.unwrap().unwrap();
     assert_eq!(job.status, Status::Failed);
-    assert_eq!(job.error.unwrap().code, "poison_job");
+    assert_eq!(job.error.unwrap().code, Code::PoisonJob);
     assert_eq!(job.webhook.unwrap().state, DeliveryState::Pending);
     assert!(matches!(
         claim(&s, &h, id, &worker("w:9")).await.unwrap(),
@@ -99,7 +100,7 @@ async fn outcomes_are_recorded_with_their_webhook() {
         claim(&s, &h, id, &worker("b:2")).await.unwrap(),
         Some(Claim::Run(_))
     ));
-    let failure = Outcome::Failed(ErrorInfo::new("engine_failed", "boom"), Some("tail".into()));
+    let failure = Outcome::Failed(ErrorInfo::new(Code::EngineFailed, "boom"), Some("tail".into()));
     record(&s, &h, id, &failure).await.unwrap();
     let job = s.get(id).await.unwrap().unwrap();
     assert_eq!(job.status, Status::Failed);

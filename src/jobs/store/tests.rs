@@ -1,6 +1,7 @@
 //! Store tests on SQLite in memory (the distributed tests run the same statements on PostgreSQL).
 
 use super::*;
+use crate::error::Code;
 use crate::jobs::ErrorInfo;
 
 async fn store() -> Store {
@@ -174,7 +175,7 @@ async fn outbox_hands_each_unpublished_job_to_one_taker() {
     assert!(s.unpublished(soon).await.unwrap().is_empty());
     // A retried job needs a message again.
     s.update(id, |j| {
-        j.finish(Status::Failed, Some(ErrorInfo::new("engine_failed", "x")))
+        j.finish(Status::Failed, Some(ErrorInfo::new(Code::EngineFailed, "x")))
     })
     .await
     .unwrap();
