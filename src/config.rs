@@ -1,6 +1,7 @@
 //! Configuration: `meshroom.toml`, `MESHROOM_SVC_<SECTION>_<KEY>` overrides, and secrets from the
 //! environment only. Every problem is collected so that start-up reports them all at once.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,41 +40,46 @@ pub use sections::*;
 
 /// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`,
 /// `MESHROOM_SVC_AMQP_URL`, `MESHROOM_SVC_DATABASE_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
-#[derive(Clone, Default, PartialEq)]
+// Debug prints `[REDACTED]` for each secret (secrecy); values are read with `expose_secret()`.
+#[derive(Clone, Default, Debug)]
 pub struct Secrets {
     /// Accepted `X-API-Key` values; empty means no authentication.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<SecretString>,
     /// Standard Webhooks signing secret (`whsec_...`).
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<SecretString>,
     /// RabbitMQ URL with credentials, e.g. `amqp://user:pass@host:5672/%2f`.
-    pub amqp_url: Option<String>,
+    pub amqp_url: Option<SecretString>,
     /// Job state database, `postgres://user:pass@host/db` or `sqlite://PATH`.
-    pub database_url: Option<String>,
-    /// S3 access key id.
+    pub database_url: Option<SecretString>,
+    /// S3 access key id (an identifier, not a secret).
     pub aws_access_key_id: Option<String>,
     /// S3 secret key.
-    pub aws_secret_access_key: Option<String>,
+    pub aws_secret_access_key: Option<SecretString>,
+}
+
+impl PartialEq for Secrets {
+    // For tests comparing whole configurations; secrecy's types do not compare themselves.
+    fn eq(&self, other: &Self) -> bool {
+        fn shown(s: &Option<SecretString>) -> Option<&str> {
+            s.as_ref().map(ExposeSecret::expose_secret)
+        }
+        let keys = |s: &Secrets| {
+            s.api_keys
+                .iter()
+                .map(|k| k.expose_secret().to_string())
+                .collect::<Vec<_>>()
+        };
+        keys(self) == keys(other)
+            && shown(&self.webhook_secret) == shown(&other.webhook_secret)
+            && shown(&self.amqp_url) == shown(&other.amqp_url)
+            && shown(&self.database_url) == shown(&other.database_url)
+            && self.aws_access_key_id == other.aws_access_key_id
+            && shown(&self.aws_secret_access_key) == shown(&other.aws_secret_access_key)
+    }
 }
 
 /// Used when `MESHROOM_SVC_AMQP_URL` is unset: a broker on this machine with RabbitMQ's default user.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-impl std::fmt::Debug for Secrets {
-    // Never print secret values, only whether they are set.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Secrets")
-            .field("api_keys", &format!("{} key(s)", self.api_keys.len()))
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "set"))
-            .field("amqp_url", &self.amqp_url.as_ref().map(|_| "set"))
-            .field("database_url", &self.database_url.as_ref().map(|_| "set"))
-            .field("aws_access_key_id", &self.aws_access_key_id.as_ref().map(|_| "set"))
-            .field(
-                "aws_secret_access_key",
-                &self.aws_secret_access_key.as_ref().map(|_| "set"),
-            )
-            .finish()
-    }
-}
 
 /// Start-up configuration problems, all of them.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +184,7 @@ impl Config {
         if self.queue.max_deliveries == 0 {
             problems.push("queue.max_deliveries: must be greater than 0".into());
         }
-        if let Some(url) = &self.secrets.amqp_url {
+        if let Some(url) = self.secrets.amqp_url.as_ref().map(ExposeSecret::expose_secret) {
             if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
                 problems.push("MESHROOM_SVC_AMQP_URL: expected amqp://user:password@host:port/vhost".into());
             }
@@ -196,7 +202,7 @@ impl Config {
                 ));
             }
         }
-        if let Some(url) = &self.secrets.database_url {
+        if let Some(url) = self.secrets.database_url.as_ref().map(ExposeSecret::expose_secret) {
             let known = ["postgres://", "postgresql://", "sqlite:"];
             if !known.iter().any(|k| url.starts_with(k)) {
                 problems.push(
@@ -210,7 +216,7 @@ impl Config {
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }
-        if let Some(secret) = &self.secrets.webhook_secret {
+        if let Some(secret) = self.secrets.webhook_secret.as_ref().map(ExposeSecret::expose_secret) {
             if crate::webhook::decode_secret(secret).is_err() {
                 problems.push("MESHROOM_SVC_WEBHOOK_SECRET: expected whsec_ followed by base64".into());
             }
@@ -221,21 +227,22 @@ impl Config {
 impl Secrets {
     fn from_env(env: &[(String, String)]) -> Secrets {
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let secret = |name: &str| get(name).filter(|s| !s.is_empty()).map(SecretString::from);
         Secrets {
             api_keys: get("MESHROOM_SVC_API_KEYS")
                 .map(|v| {
                     v.split(',')
                         .map(str::trim)
                         .filter(|k| !k.is_empty())
-                        .map(String::from)
+                        .map(SecretString::from)
                         .collect()
                 })
                 .unwrap_or_default(),
-            webhook_secret: get("MESHROOM_SVC_WEBHOOK_SECRET").filter(|s| !s.is_empty()),
-            amqp_url: get("MESHROOM_SVC_AMQP_URL").filter(|s| !s.is_empty()),
-            database_url: get("MESHROOM_SVC_DATABASE_URL").filter(|s| !s.is_empty()),
+            webhook_secret: secret("MESHROOM_SVC_WEBHOOK_SECRET"),
+            amqp_url: secret("MESHROOM_SVC_AMQP_URL"),
+            database_url: secret("MESHROOM_SVC_DATABASE_URL"),
             aws_access_key_id: get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()),
-            aws_secret_access_key: get("AWS_SECRET_ACCESS_KEY").filter(|s| !s.is_empty()),
+            aws_secret_access_key: secret("AWS_SECRET_ACCESS_KEY"),
         }
     }
 }
@@ -338,7 +345,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.secrets.api_keys, vec!["k1", "k2"]);
+        let keys: Vec<&str> = c.secrets.api_keys.iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, vec!["k1", "k2"]);
         let printed = format!("{c:?}");
         assert!(!printed.contains("k1") && !printed.contains("c2VjcmV0"), "{printed}");
     }

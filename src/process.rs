@@ -5,6 +5,7 @@
 //! their environment (inherited by every descendant) and found again by scanning `/proc`, together
 //! with the descendants of the engine's pid. This also finds processes left by a worker that died.
 
+use nix::sys::signal::Signal;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -234,29 +235,24 @@ pub fn owner_pids(owner: &str) -> Vec<i32> {
 /// Processes whose environment holds `marker` (`NAME=value`), and the descendants of `root`.
 fn marked_pids(marker: &str, root: Option<u32>) -> Vec<i32> {
     let me = std::process::id() as i32;
+    let (name, value) = marker.split_once('=').expect("NAME=value");
     let mut parents: HashMap<i32, i32> = HashMap::new();
     let mut found: HashSet<i32> = HashSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
+    // A process may end while we read it: whatever cannot be read is skipped.
+    for process in all.flatten() {
+        let Ok(stat) = process.stat() else { continue };
+        if stat.pid == me || stat.state == 'Z' {
+            continue; // ourselves, or already dead and waiting to be reaped
         }
-        let Some((state, ppid)) = stat(pid) else {
-            continue;
-        };
-        if state == 'Z' {
-            continue; // already dead, waiting to be reaped
-        }
-        parents.insert(pid, ppid);
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
-                found.insert(pid);
-            }
+        parents.insert(stat.pid, stat.ppid);
+        let marked = process
+            .environ()
+            .is_ok_and(|env| env.get(std::ffi::OsStr::new(name)).is_some_and(|v| v == value));
+        if marked {
+            found.insert(stat.pid);
         }
     }
     if let Some(root) = root.map(|r| r as i32) {
@@ -277,16 +273,6 @@ fn marked_pids(marker: &str, root: Option<u32>) -> Vec<i32> {
         }
     }
     found.into_iter().collect()
-}
-
-/// State letter and parent pid from `/proc/PID/stat` (the command name may hold spaces and parens).
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
 }
 
 /// Stops every process of a job: SIGTERM, then SIGKILL after `grace`, repeated until none is left
@@ -314,14 +300,14 @@ async fn kill_all(what: &str, find: impl Fn() -> Vec<i32>, grace: Duration) -> u
             return signalled.len();
         }
         let sig = if started.elapsed() >= grace {
-            libc::SIGKILL
+            Signal::SIGKILL
         } else {
-            libc::SIGTERM
+            Signal::SIGTERM
         };
         for pid in pids {
-            if sig == libc::SIGKILL || signalled.insert(pid) {
-                // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
-                unsafe { libc::kill(pid, sig) };
+            if sig == Signal::SIGKILL || signalled.insert(pid) {
+                // It may have ended since the scan: ESRCH is fine.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,7 +3,7 @@
 //! fsync cost, and all-in-one's restart to a resumed engine.
 
 use crate::cluster::Cluster;
-use crate::helpers::{invocations, photo, Edge};
+use crate::helpers::{invocations, photo, Edge, Fake};
 use crate::procs::{free_port, Proc};
 use crate::report::{peak_rss_mib, Load, Row};
 use crate::{raw, wrk, Scale};
@@ -232,7 +232,7 @@ pub async fn restart(rows: &mut Vec<Row>) {
     let svc = Proc::all_in_one(dir.path(), &data, port, &[]).await;
     let id = svc
         .api()
-        .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))], "pipeline": "draft"}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))], "pipeline": "draft"}))
         .await;
     let runs = || {
         invocations(dir.path())

@@ -8,6 +8,7 @@ use crate::queue::{amqp, Amqp, Queue, QueueError};
 use crate::storage::{Storage, StorageError};
 use crate::webhook::Webhooks;
 use crate::worker;
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +103,8 @@ impl App {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
-        let db = match (&config.secrets.database_url, role) {
+        let database_url = config.secrets.database_url.as_ref().map(ExposeSecret::expose_secret);
+        let db = match (database_url, role) {
             (Some(url), _) => Db::open(url, config.database.max_connections)
                 .await
                 .map_err(|e| StartError::Database(crate::jobs::db::redacted(url), e))?,
@@ -141,7 +143,7 @@ impl App {
         let egress = crate::egress::Egress::new(&config.security.allowed_networks).map_err(StartError::Refused)?;
         let webhooks = Webhooks::new(
             &config.webhook,
-            config.secrets.webhook_secret.as_deref(),
+            config.secrets.webhook_secret.as_ref().map(ExposeSecret::expose_secret),
             metrics.webhook_attempts.clone(),
             &egress,
         );
@@ -167,8 +169,9 @@ impl App {
                 let url = config
                     .secrets
                     .amqp_url
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+                    .as_ref()
+                    .map_or(DEFAULT_AMQP_URL, ExposeSecret::expose_secret)
+                    .to_string();
                 Queue::Rabbitmq(Amqp::start(url, topology, consume, shutdown.clone()))
             }
         };

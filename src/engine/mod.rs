@@ -170,23 +170,15 @@ pub fn find_binary(engine: Engine, config: &EngineConfig) -> Result<PathBuf, Eng
         ),
         Engine::Colmap => (&config.colmap, "COLMAP", "colmap", "engine.colmap"),
     };
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
     let from_env = std::env::var(var).unwrap_or_default();
-    let missing = || EngineError::NotFound(format!("{name} not found: set {key}, {var}, or put it on PATH"));
-    for candidate in [configured.as_str(), from_env.as_str()] {
-        if !candidate.is_empty() {
-            let p = PathBuf::from(candidate);
-            return if executable(&p) { Ok(p) } else { Err(missing()) };
-        }
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| executable(p))
-        .ok_or_else(missing)
+    // The first one given wins, found or not: a set path that is wrong must say so, not fall back.
+    let wanted = [configured.as_str(), from_env.as_str()]
+        .into_iter()
+        .find(|c| !c.is_empty())
+        .unwrap_or(name);
+    // `which` takes a path as it is (if executable) and looks a bare name up on PATH.
+    which::which(wanted)
+        .map_err(|_| EngineError::NotFound(format!("{name} not found: set {key}, {var}, or put it on PATH")))
 }
 
 /// Maps how a supervised command ended to an error, `Ok(())` for a clean exit.

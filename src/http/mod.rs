@@ -8,6 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse, ResponseError};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::TcpListener;
@@ -217,10 +218,10 @@ fn check_api_key(app: &App, req: &actix_web::HttpRequest) -> Result<(), ApiError
 
 /// Compares digests in constant time against every key, so neither the match nor its position
 /// nor the key lengths show in the timing.
-fn key_matches(keys: &[String], given: &[u8]) -> bool {
+fn key_matches(keys: &[SecretString], given: &[u8]) -> bool {
     let given = Sha256::digest(given);
     keys.iter().fold(0u8, |found, k| {
-        found | Sha256::digest(k.as_bytes()).ct_eq(&given).unwrap_u8()
+        found | Sha256::digest(k.expose_secret().as_bytes()).ct_eq(&given).unwrap_u8()
     }) == 1
 }
 
@@ -230,7 +231,7 @@ mod tests {
 
     #[test]
     fn keys_match_exactly() {
-        let keys = vec!["alpha".to_string(), "beta".to_string()];
+        let keys = vec![SecretString::from("alpha"), SecretString::from("beta")];
         assert!(key_matches(&keys, b"beta"));
         assert!(!key_matches(&keys, b"bet"));
         assert!(!key_matches(&keys, b"betaa"));

@@ -7,6 +7,7 @@ use crate::config::{Secrets, StorageConfig};
 use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, Region};
+use secrecy::ExposeSecret;
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ impl Storage {
         };
         let credentials = Credentials::new(
             secrets.aws_access_key_id.as_deref(),
-            secrets.aws_secret_access_key.as_deref(),
+            secrets.aws_secret_access_key.as_ref().map(ExposeSecret::expose_secret),
             None,
             None,
             None,

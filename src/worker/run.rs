@@ -152,8 +152,7 @@ impl Drop for StageClock<'_> {
 
 /// Moves every output file into storage under `jobs/{id}/results/`.
 async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
-    let mut files = Vec::new();
-    collect_files(output, output, &mut files).map_err(|e| ErrorInfo::new(Code::WorkerIoError, e.to_string()))?;
+    let mut files = collect_files(output).map_err(|e| ErrorInfo::new(Code::WorkerIoError, e.to_string()))?;
     files.sort();
     let mut results = Vec::new();
     for (name, path) in files {
@@ -170,22 +169,22 @@ async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultF
     Ok(results)
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+/// Every regular file below `root`, with its path relative to it.
+fn collect_files(root: &Path) -> Result<Vec<(String, PathBuf)>, walkdir::Error> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(root).min_depth(1) {
         let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            collect_files(root, &entry.path(), out)?;
-        } else if kind.is_file() {
-            // Symlinks are skipped: an engine output must not make us publish files outside it.
+        // Links are not followed and skipped: an engine output must not make us publish files
+        // outside it.
+        if entry.file_type().is_file() {
             let rel = entry
                 .path()
                 .strip_prefix(root)
                 .expect("below root")
                 .to_string_lossy()
                 .replace('\\', "/");
-            out.push((rel, entry.path()));
+            out.push((rel, entry.into_path()));
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -71,7 +71,7 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
     let db = TestDatabase::create(&services, &namespace()).await;
     let sqlite = spawn_app().await;
     let url = db.url.clone();
-    let postgres = spawn_app_with(move |c| c.secrets.database_url = Some(url), vec![]).await;
+    let postgres = spawn_app_with(move |c| c.secrets.database_url = Some(url.into()), vec![]).await;
     for app in [&sqlite, &postgres] {
         let kind = app.app.store.db().kind();
         // 1,000 jobs, 1% failed, stored directly: no worker takes them.
@@ -156,7 +156,7 @@ async fn a_deleted_queued_job_causes_no_stall() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let first = app
-        .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     let deleted = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(1))]})).await;
     let next = app.submit(json!({"image_urls": [edge.add("q.jpg", photo(2))]})).await;
@@ -232,7 +232,7 @@ async fn all_in_one_killed_mid_burst_keeps_every_accepted_job_and_resumes_at_onc
     let svc = Proc::all_in_one(dir.path(), &data, port, &[]).await;
     let running = svc
         .api()
-        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     svc.api()
         .wait_for(&running, 20, |j| j["stage"] == "reconstructing")

@@ -57,7 +57,7 @@ async fn replicas_share_jobs_cancel_and_downloads() {
 
     // A running job canceled through the other replica: the worker hears of it within 2 s.
     let hang = a
-        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(2))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Hang.image(), photo(2))]}))
         .await;
     b.wait_for(&hang, 30, |_| job_processes(&hang).len() >= 3).await;
     let asked = Instant::now();
@@ -102,7 +102,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_another() {
     let (w1, w2) = (c.work("work-1", "none").await, c.work("work-2", "none").await);
     let api = serve.api();
     let id = api
-        .submit(json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     api.wait_for(&id, 30, |j| j["progress"]["node_index"].as_u64() >= Some(2))
         .await;
@@ -134,7 +134,7 @@ async fn sigterm_requeues_the_job_and_exits_zero() {
     let mut worker = c.work("work-1", "none").await;
     let api = serve.api();
     let id = api
-        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
     worker.signal(libc::SIGTERM);
@@ -207,7 +207,7 @@ async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
     let api = serve.api();
     let mib = 300;
     let id = api
-        .submit(json!({"image_urls": [c.edge.add(&format!("fake-big{mib}.jpg"), photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Big(mib).image(), photo(0))]}))
         .await;
     let job = api.wait_final(&id, 120).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");

@@ -17,7 +17,7 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
     let c = Cluster::new(&[("MESHROOM_SVC_QUEUE_MAX_DELIVERIES", "2")]).await;
     let serve = c.serve("serve").await;
     let api = serve.api();
-    let body = json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))], "callback_url": c.edge.hook_url()});
+    let body = json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))], "callback_url": c.edge.hook_url()});
     let id = api.submit(body).await;
     // The worker dies on this job every time.
     for round in 1..=2 {
@@ -138,7 +138,7 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
     let api = serve.api();
     let worker = c.work("node-a", "none").await;
     let id = api
-        .submit(json!({"image_urls": [c.edge.add("fake-hang.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     api.wait_for(&id, 30, |_| job_processes(&id).len() >= 3).await;
     // Let the run settle before the kill.
@@ -172,7 +172,7 @@ async fn a_job_delivered_twice_runs_once() {
     let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
     let api = serve.api();
     let id = api
-        .submit(json!({"image_urls": [c.edge.add("fake-slow.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     api.wait_for(&id, 30, |j| j["stage"] == "reconstructing").await;
     publish_again(&c, &id).await; // while it runs on one worker: the other must not run it too
@@ -426,7 +426,7 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
     let api = serve.api();
     let mib = 200;
     let id = api
-        .submit(json!({"image_urls": [c.edge.add(&format!("fake-big{mib}.jpg"), photo(0))]}))
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Big(mib).image(), photo(0))]}))
         .await;
     api.wait_for(&id, 60, |j| j["stage"] == "uploading").await;
     garage.crash();

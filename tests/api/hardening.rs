@@ -374,12 +374,12 @@ async fn downloads_follow_rfc_9110_ranges_and_conditions() {
 #[tokio::test]
 async fn metrics_can_require_the_api_key() {
     let key = "k-metrics".to_string();
-    let open = spawn_app_with(|c| c.secrets.api_keys = vec![key.clone()], vec![]).await;
+    let open = spawn_app_with(|c| c.secrets.api_keys = vec![key.clone().into()], vec![]).await;
     let anonymous = reqwest::Client::new();
     assert_eq!(anonymous.get(open.url("/metrics")).send().await.unwrap().status(), 200);
     let closed = spawn_app_with(
         |c| {
-            c.secrets.api_keys = vec![key.clone()];
+            c.secrets.api_keys = vec![key.clone().into()];
             c.server.metrics_public = false;
         },
         vec![],

@@ -43,6 +43,35 @@ pub fn api_client() -> reqwest::Client {
 /// Settings of the fake engine that tests and benchmarks give through the service's environment.
 pub const FAKE_VARIABLES: &str = "FAKE_MESHROOM_MODE,FAKE_MESHROOM_NODE_SECONDS,FAKE_MESHROOM_RUN_SECONDS";
 
+/// How the fake engine (tests/fixtures/meshroom_batch) behaves for a job: it reads the mode from
+/// the name of one of the job's images, so a test asks for one by naming an image `Fake::X.image()`.
+#[derive(Debug, Clone, Copy)]
+pub enum Fake {
+    /// One second per node (unless FAKE_MESHROOM_NODE_SECONDS says otherwise), then success.
+    Slow,
+    /// A node that ignores SIGTERM and forks a grandchild in yet another session, and never ends.
+    Hang,
+    /// FeatureMatching fails: exit 1 with Meshroom's error line.
+    Fail,
+    /// Exits 0 without publishing a mesh.
+    NoOutput,
+    /// Also writes a dense point cloud of this many MiB.
+    Big(u64),
+}
+
+impl Fake {
+    /// The image name that selects this mode.
+    pub fn image(self) -> String {
+        match self {
+            Fake::Slow => "fake-slow.jpg".into(),
+            Fake::Hang => "fake-hang.jpg".into(),
+            Fake::Fail => "fake-fail.jpg".into(),
+            Fake::NoOutput => "fake-nooutput.jpg".into(),
+            Fake::Big(mib) => format!("fake-big{mib}.jpg"),
+        }
+    }
+}
+
 /// The fake engine, from tests/fixtures.
 pub fn fake_engine() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meshroom_batch")
@@ -110,7 +139,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), gpus: Vec<u32>) -> 
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     tweak(&mut config);
-    let api_key = config.secrets.api_keys.first().cloned();
+    let api_key = config
+        .secrets
+        .api_keys
+        .first()
+        .map(|k| secrecy::ExposeSecret::expose_secret(k).to_string());
     let running = start_all_in_one(config, gpus).await.expect("app starts");
     let base = format!("http://{}", running.addr.expect("all-in-one serves HTTP"));
     let app = running.app.clone();
@@ -366,20 +399,18 @@ async fn receive_hook(edge: web::Data<Edge>, req: HttpRequest, body: web::Bytes)
     resp.finish()
 }
 
-/// Checks a delivery as a Standard Webhooks receiver would, with the test secret.
+/// Checks a delivery as a Standard Webhooks receiver would, with the test secret, using the
+/// reference library (not our own code, which is what is under test).
 pub fn signature_valid(hook: &Hook) -> bool {
-    let key = meshroom_svc::webhook::decode_secret(SECRET).unwrap();
-    let h = |name: &str| hook.headers.get(name).map(String::as_str).unwrap_or("");
-    let now = chrono::Utc::now().timestamp();
-    meshroom_svc::webhook::verify(
-        &key,
-        h("webhook-id"),
-        h("webhook-timestamp"),
-        h("webhook-signature"),
-        &hook.body,
-        now,
-    )
-    .is_ok()
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &hook.headers {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    let receiver = standardwebhooks::Webhook::new(SECRET).unwrap();
+    receiver.verify(&hook.body, &headers).is_ok()
 }
 
 /// Live processes of a job (by its environment marker), from any process on this machine.

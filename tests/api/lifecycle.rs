@@ -114,7 +114,7 @@ async fn progress_is_visible_while_running() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let id = app
-        .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     let running = app
         .wait_for(&id, 30, |j| {
@@ -139,7 +139,7 @@ async fn engine_failure_fails_the_job_with_code_and_log_tail() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let id = app
-        .submit(json!({"image_urls": [edge.add("fake-fail.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Fail.image(), photo(0))]}))
         .await;
     let job = app.wait_final(&id, 30).await;
     assert_eq!(job["status"], "failed");
@@ -156,7 +156,7 @@ async fn failed_work_folders_are_kept_when_configured() {
     let app = spawn_app_with(|c| c.worker.keep_failed_workdir = true, vec![]).await;
     let edge = Edge::start().await;
     let failed = app
-        .submit(json!({"image_urls": [edge.add("fake-fail.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Fail.image(), photo(0))]}))
         .await;
     let ok = app
         .submit(json!({"image_urls": [edge.add("fine.jpg", photo(1))]}))
@@ -179,7 +179,7 @@ async fn missing_outputs_fail_the_job() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let id = app
-        .submit(json!({"image_urls": [edge.add("fake-nooutput.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::NoOutput.image(), photo(0))]}))
         .await;
     let job = app.wait_final(&id, 30).await;
     assert_eq!(job["error"]["code"], "engine_output_missing", "{job:#}");
@@ -190,7 +190,7 @@ async fn timeout_kills_the_whole_tree() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let id = app
-        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "timeout_secs": 4}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))], "timeout_secs": 4}))
         .await;
     // The tree exists first: the engine, the hanging node and its grandchild in another session
     // (one reading of /proc: short-lived helpers come and go between two).
@@ -217,7 +217,7 @@ async fn timeout_kills_the_whole_tree() {
 async fn cancel_while_running_kills_every_process() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
-    let body = json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))], "callback_url": edge.hook_url()});
+    let body = json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))], "callback_url": edge.hook_url()});
     let id = app.submit(body).await;
     // The hanging node ignores SIGTERM and has a grandchild in another session: 3+ processes.
     app.wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
@@ -240,7 +240,7 @@ async fn cancel_while_queued_never_runs_the_engine() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     let blocker = app
-        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     let queued = app.submit(json!({"image_urls": [edge.add("ok.jpg", photo(1))]})).await;
     let resp = app.post(&format!("/api/v1/jobs/{queued}/cancel")).await;
@@ -315,7 +315,7 @@ async fn delete_removes_the_job_and_its_files() {
 async fn list_is_newest_first_and_paginated() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
-    let url = edge.add("fake-fail.jpg", photo(0));
+    let url = edge.add(&Fake::Fail.image(), photo(0));
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(app.submit(json!({"image_urls": [url]})).await);
@@ -350,7 +350,7 @@ async fn list_is_newest_first_and_paginated() {
 async fn each_gpu_runs_its_own_job_pinned_to_it() {
     let app = spawn_app_with(|_| {}, vec![0, 1]).await;
     let edge = Edge::start().await;
-    let url = edge.add("fake-slow.jpg", photo(0));
+    let url = edge.add(&Fake::Slow.image(), photo(0));
     let a = app.submit(json!({"image_urls": [url]})).await;
     let b = app.submit(json!({"image_urls": [url]})).await;
     // Both run at once, one per GPU, with the full (GPU) pipeline by default.

@@ -202,7 +202,7 @@ impl Services {
     pub fn secrets(&self) -> meshroom_svc::config::Secrets {
         meshroom_svc::config::Secrets {
             aws_access_key_id: Some(self.access_key.clone()),
-            aws_secret_access_key: Some(self.secret_key.clone()),
+            aws_secret_access_key: Some(self.secret_key.clone().into()),
             ..Default::default()
         }
     }

@@ -23,7 +23,7 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
     let svc = all_in_one(dir.path(), port, &[]).await;
     let slow = svc
         .api()
-        .submit(json!({"image_urls": [edge.add("fake-slow.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     let queued: Vec<String> = futures_util::future::join_all((0..2).map(|i| {
         svc.api()
@@ -127,7 +127,7 @@ async fn sigterm_stops_the_engine_and_requeues_the_job() {
     let mut svc = all_in_one(dir.path(), port, &[]).await;
     let id = svc
         .api()
-        .submit(json!({"image_urls": [edge.add("fake-hang.jpg", photo(0))]}))
+        .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     svc.api().wait_for(&id, 20, |_| job_processes(&id).len() >= 3).await;
     svc.signal(libc::SIGTERM);

@@ -19,6 +19,13 @@ async fn signed_and_retried_until_delivered_with_one_id() {
         assert!(signature_valid(h), "bad signature: {:?}", h.headers);
         assert_eq!(h.body, hooks[0].body, "same body on every attempt");
     }
+    // The verifier does refuse: a changed body, or another message's id, fails.
+    let mut changed = hooks[0].clone();
+    changed.body.push(b' ');
+    assert!(!signature_valid(&changed));
+    let mut other = hooks[0].clone();
+    other.headers.insert("webhook-id".into(), "msg_other".into());
+    assert!(!signature_valid(&other));
     let payload: Value = serde_json::from_slice(&hooks[0].body).unwrap();
     assert_eq!(payload["event"], "job.succeeded");
     assert_eq!(payload["id"], id.as_str());
@@ -40,7 +47,7 @@ async fn gone_stops_and_redirects_are_not_followed() {
     let app = spawn_app().await;
     let edge = Edge::start().await;
     edge.answer_hooks_with(&[410]);
-    let url = edge.add("fake-fail.jpg", photo(0));
+    let url = edge.add(&Fake::Fail.image(), photo(0));
     let id = app
         .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
         .await;

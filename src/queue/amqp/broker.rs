@@ -49,14 +49,19 @@ pub(super) async fn declare(ch: &Channel, t: &Topology, version: &str) -> Result
     Ok(())
 }
 
-/// Connection settings from an AMQP URI, decoding its parts (amqprs leaves `%2f` as is, and the
-/// default vhost `/` must be written `%2f`).
+/// Connection settings from an AMQP URI, decoding its parts: amqprs's own URI parsing leaves
+/// `%2f` as is, and the default vhost `/` must be written `%2f`.
 pub fn connection_args(url: &str) -> Result<OpenConnectionArguments, String> {
     let u = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
     if u.scheme() != "amqp" {
         return Err(format!("scheme {}: only amqp:// is supported", u.scheme()));
     }
-    let decode = |s: &str| percent_decode(s).ok_or_else(|| "invalid percent-encoding".to_string());
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| "invalid percent-encoding".to_string())
+    };
     let vhost = match u.path() {
         "" | "/" => "/".to_string(),
         p => decode(&p[1..])?,
@@ -72,23 +77,6 @@ pub fn connection_args(url: &str) -> Result<OpenConnectionArguments, String> {
     args.virtual_host(&vhost)
         .connection_name(concat!("meshroom-svc ", env!("CARGO_PKG_VERSION")));
     Ok(args.finish())
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// RabbitMQ honours the per-queue `x-consumer-timeout` from 3.12 on.
