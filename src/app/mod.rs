@@ -18,7 +18,7 @@ use uuid::Uuid;
 mod outbox;
 mod roles;
 mod upkeep;
-pub use roles::{start_all_in_one, start_serve, start_work, Running};
+pub use roles::{start_all_in_one, start_serve, start_work, Started};
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +59,10 @@ pub enum Role {
 pub struct App {
     /// Settings.
     pub config: Config,
-    /// Files and job records.
-    pub storage: Storage,
-    /// Job records.
-    pub store: Arc<Store>,
+    /// The bytes: input images, results, logs (local folder or S3).
+    pub files: Storage,
+    /// The job records (SQLite or PostgreSQL).
+    pub jobs: Arc<Store>,
     /// Jobs waiting for a worker.
     pub queue: Arc<Queue>,
     /// Presets.
@@ -78,7 +78,7 @@ pub struct App {
     /// Whether the API accepts jobs whose pipeline needs a GPU.
     accepts_gpu_jobs: bool,
     /// Cancel handles of the jobs running in this process.
-    pub running: worker::Running,
+    pub running: worker::CancelHandles,
     /// Cancelled when the process stops: running jobs are stopped and queued again.
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
@@ -179,9 +179,9 @@ impl App {
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
         Ok(Arc::new(App {
-            store,
+            jobs: store,
             published,
-            storage,
+            files: storage,
             queue: Arc::new(queue),
             pipelines,
             webhooks,
@@ -247,14 +247,8 @@ impl App {
         Ok(())
     }
 
-    /// Starts the delivery of a job's pending webhook: a task here, or a message to RabbitMQ.
+    /// Starts the delivery of a job's pending webhook: its first attempt goes in the queue.
     pub async fn start_webhook(&self, id: Uuid) -> Result<(), QueueError> {
-        match &*self.queue {
-            Queue::Local(_) => {
-                self.webhooks.spawn(self.store.clone(), id);
-                Ok(())
-            }
-            Queue::Rabbitmq(_) => self.queue.push_webhook(id, self.webhooks.first_delay()).await,
-        }
+        self.queue.schedule_webhook(id, self.webhooks.first_delay()).await
     }
 }

@@ -31,14 +31,14 @@ pub async fn run(app: Arc<App>) {
 pub async fn sweep(app: &App) -> Result<usize, crate::jobs::StoreError> {
     let before = chrono::Utc::now() - chrono::Duration::from_std(GRACE).expect("small");
     let mut published = 0;
-    for job in app.store.unpublished(before).await? {
+    for job in app.jobs.unpublished(before).await? {
         // Another replica may be at the same job: only the one whose claim lands publishes it.
-        if !app.store.take_unpublished(job.id, before).await? {
+        if !app.jobs.take_unpublished(job.id, before).await? {
             continue;
         }
         if job.status != Status::Enqueued {
             // Canceled or deleted meanwhile: nothing to publish.
-            app.store.published(&[job.id]).await?;
+            app.jobs.published(&[job.id]).await?;
             continue;
         }
         match app.publish(&job).await {

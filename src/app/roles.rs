@@ -3,7 +3,6 @@
 use super::{App, Role, StartError};
 use crate::config::{Config, QueueKind, StorageKind};
 use crate::pipelines::Engine;
-use crate::queue::{amqp, Queue};
 use crate::{http, worker};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// A started process: its state, its HTTP server (not for `work`) and its background tasks.
-pub struct Running {
+pub struct Started {
     /// The shared state.
     pub app: Arc<App>,
     /// The bound API address (port 0 resolved), when this role serves HTTP.
@@ -20,7 +19,7 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Running {
+impl Started {
     /// Runs until SIGINT or SIGTERM, then stops taking jobs, stops running engines (their jobs go
     /// back to the queue) and waits for the background tasks. The HTTP server drains its requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -33,7 +32,7 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
-        self.app.store.db().close().await;
+        self.app.jobs.db().close().await;
         served
     }
 }
@@ -49,7 +48,7 @@ async fn wait_for_signal() -> std::io::Result<()> {
 
 /// API and worker in one process: the embedded queue and local storage by default, or RabbitMQ and
 /// S3 when configured.
-pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running, StartError> {
+pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Started, StartError> {
     let listen = config.listen_addr();
     if !listen.ip().is_loopback() && config.secrets.api_keys.is_empty() {
         return Err(StartError::Refused(format!(
@@ -67,7 +66,7 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running,
         )));
     }
     warn_about_setup(&app);
-    if matches!(*app.queue, Queue::Local(_)) {
+    if app.queue.held_in_memory() {
         app.recover().await?;
     }
     let mut tasks = worker::start(&app).await;
@@ -76,7 +75,7 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Running,
 }
 
 /// The HTTP API only; jobs go to RabbitMQ for `work` processes.
-pub async fn start_serve(config: Config) -> Result<Running, StartError> {
+pub async fn start_serve(config: Config) -> Result<Started, StartError> {
     require_distributed(&config, "serve")?;
     let listener = bind(config.listen_addr())?;
     let app = App::open(config, Vec::new(), Role::Serve).await?;
@@ -86,7 +85,7 @@ pub async fn start_serve(config: Config) -> Result<Running, StartError> {
 
 /// A worker: one job at a time per GPU, taken from RabbitMQ. With `ops`, it also serves
 /// `/health`, `/ready` and `/metrics` on `server.listen`.
-pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Running, StartError> {
+pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Started, StartError> {
     require_distributed(&config, "work")?;
     let listener = if ops { Some(bind(config.listen_addr())?) } else { None };
     let app = App::open(config, gpus, Role::Work).await?;
@@ -106,7 +105,7 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Run
         app.gpus
     );
     let Some(listener) = listener else {
-        return Ok(Running {
+        return Ok(Started {
             app,
             addr: None,
             server: None,
@@ -115,7 +114,7 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Run
     };
     let addr = listener.local_addr().map_err(|e| StartError::Bind("?".into(), e))?;
     let server = http::ops_server(app.clone(), listener).map_err(|e| StartError::Bind(addr.to_string(), e))?;
-    Ok(Running {
+    Ok(Started {
         app,
         addr: Some(addr),
         server: Some(server),
@@ -140,7 +139,7 @@ fn bind(listen: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(listen).map_err(|e| StartError::Bind(listen.to_string(), e))
 }
 
-fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) -> Result<Running, StartError> {
+fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) -> Result<Started, StartError> {
     // Uploads clean up after themselves; the sweep catches what a panic could leave.
     http::spawn_staging_sweep(app.tmp_dir(), Duration::from_secs(60), app.shutdown.clone());
     let addr = listener.local_addr().map_err(|e| StartError::Bind("?".into(), e))?;
@@ -148,9 +147,9 @@ fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) 
     log::info!(
         "meshroom-svc listening on http://{addr} (queue: {}, storage: {})",
         app.queue.kind(),
-        app.storage.kind()
+        app.files.kind()
     );
-    Ok(Running {
+    Ok(Started {
         app,
         addr: Some(addr),
         server: Some(server),
@@ -162,12 +161,13 @@ fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) 
 fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     app.spawn_retention();
     let mut tasks = Vec::new();
-    if matches!(*app.queue, Queue::Rabbitmq(_)) {
+    // A publish to an in-memory queue cannot fail, and `recover` refills it at start.
+    if !app.queue.held_in_memory() {
         tasks.push(tokio::spawn(super::outbox::run(app.clone())));
     }
     let app = app.clone();
     tasks.push(tokio::spawn(async move {
-        app.webhooks.consume(&app.store, &app.queue, &app.shutdown).await
+        app.webhooks.consume(&app.jobs, &app.queue, &app.shutdown).await
     }));
     tasks
 }
@@ -181,23 +181,8 @@ fn warn_about_setup(app: &Arc<App>) {
     if app.config.secrets.webhook_secret.is_none() {
         log::warn!("MESHROOM_SVC_WEBHOOK_SECRET is not set: webhooks are sent unsigned");
     }
-    let Queue::Rabbitmq(amqp) = &*app.queue else { return };
-    let (amqp, config) = (amqp.clone(), app.config.clone());
-    tokio::spawn(async move {
-        for _ in 0..600 {
-            if let Some(version) = amqp.broker_version().await {
-                let held = config.engine.timeout_secs;
-                if !amqp::honours_queue_consumer_timeout(&version) && config.queue.broker_consumer_timeout_secs < held {
-                    log::warn!(
-                        "RabbitMQ {version} has a node-wide consumer_timeout ({} s per queue.broker_consumer_timeout_secs) \
-                         shorter than engine.timeout_secs ({held} s): long jobs would be taken away from their worker. \
-                         Raise consumer_timeout on the broker (see README) and set queue.broker_consumer_timeout_secs.",
-                        config.queue.broker_consumer_timeout_secs
-                    );
-                }
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
+    app.queue.warn_about_broker(
+        app.config.engine.timeout_secs,
+        app.config.queue.broker_consumer_timeout_secs,
+    );
 }

@@ -12,19 +12,23 @@ impl App {
     /// stopped back in the queue, oldest first, and resumes pending webhook deliveries.
     pub async fn recover(self: &Arc<Self>) -> Result<(), StartError> {
         let _ = tokio::fs::remove_dir_all(self.tmp_dir()).await; // half-received uploads
-        for job in self.store.unfinished().await? {
+        for job in self.jobs.unfinished().await? {
             if job.status == Status::Processing {
                 log::warn!("job {}: was processing when the service stopped; resumed", job.id);
                 // This process owns the data folder and has stopped its predecessor's engines:
                 // the dead process's lease protects nothing, so the job is taken over at once.
-                crate::jobs::lifecycle::release(&self.store, job.id).await?;
+                crate::jobs::lifecycle::release(&self.jobs, job.id).await?;
             }
             self.enqueue(&job)
                 .await
                 .map_err(|e| StartError::Refused(e.to_string()))?;
         }
-        for id in self.store.pending_webhooks().await? {
-            self.webhooks.spawn(self.store.clone(), id);
+        for id in self.jobs.pending_webhooks().await? {
+            // Due now, or at the time the record says (the attempt checks it).
+            self.queue
+                .schedule_webhook(id, std::time::Duration::ZERO)
+                .await
+                .map_err(|e| StartError::Refused(e.to_string()))?;
         }
         Ok(())
     }
@@ -33,10 +37,10 @@ impl App {
     /// record names, never a job without its files). False, with nothing deleted, if it did not
     /// exist or a worker is running it.
     pub async fn remove_job(&self, id: Uuid) -> Result<bool, StoreError> {
-        if !self.store.remove(id).await? {
+        if !self.jobs.remove(id).await? {
             return Ok(false);
         }
-        if let Err(e) = self.storage.delete_prefix(&Job::key(id, "")).await {
+        if let Err(e) = self.files.delete_prefix(&Job::key(id, "")).await {
             log::warn!("job {id}: record deleted, but not all its files: {e}");
         }
         let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;
@@ -67,7 +71,7 @@ impl App {
     async fn expire(&self, retention: u64) -> Result<(), StoreError> {
         let cutoff = chrono::Utc::now() - chrono::Duration::seconds(retention as i64);
         loop {
-            let expired = self.store.expired(cutoff).await?;
+            let expired = self.jobs.expired(cutoff).await?;
             for id in &expired {
                 log::info!("job {id}: deleted after the retention period");
                 self.remove_job(*id).await?;

@@ -36,7 +36,7 @@ fn job_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
-    app.store.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
+    app.jobs.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
@@ -104,7 +104,7 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
         created_after: q.created_after,
         created_before: q.created_before,
     };
-    let (jobs, next_cursor) = app.store.list(&filter, limit, q.cursor).await?;
+    let (jobs, next_cursor) = app.jobs.list(&filter, limit, q.cursor).await?;
     let mut jobs: Vec<JobView> = jobs.into_iter().map(JobView::from).collect();
     if q.view == Some(View::Summary) {
         for job in &mut jobs {
@@ -126,7 +126,7 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
     security(("api_key" = [])))]
 pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let canceled = lifecycle::cancel(&app.store, &app.webhooks, id)
+    let canceled = lifecycle::cancel(&app.jobs, &app.webhooks, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
     match canceled {
@@ -153,7 +153,7 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
     security(("api_key" = [])))]
 pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = job_id(&id)?;
-    let retried = lifecycle::retry(&app.store, id)
+    let retried = lifecycle::retry(&app.jobs, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?
         .map_err(|_| ApiError::new(Code::JobNotRetryable, "only failed or canceled jobs can be retried"))?;
@@ -174,7 +174,7 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
     if !app.remove_job(id).await? {
         // A worker runs it (the store never deletes a processing job), or another request
         // deleted it meanwhile.
-        return match app.store.get(id).await? {
+        return match app.jobs.get(id).await? {
             Some(_) => Err(ApiError::new(Code::JobRunning, "cancel the job before deleting it")),
             None => Err(ApiError::job_not_found()),
         };
@@ -202,11 +202,11 @@ pub(super) async fn file(
         return Err(not_found());
     }
     let key = Job::key(job.id, &format!("results/{name}"));
-    if let Some(url) = app.storage.presigned_url(&key).await? {
+    if let Some(url) = app.files.presigned_url(&key).await? {
         // S3: the client downloads straight from the bucket, Range and all.
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
     }
-    let local = app.storage.local_path(&key).ok_or_else(not_found)?;
+    let local = app.files.local_path(&key).ok_or_else(not_found)?;
     match super::files::respond(&req, &local).await {
         Ok(resp) => Ok(resp),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
@@ -228,7 +228,7 @@ pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Resu
     };
     let text = match text {
         Some(t) => t,
-        None => match app.storage.get_bytes(&Job::key(job.id, "engine.log")).await {
+        None => match app.files.get_bytes(&Job::key(job.id, "engine.log")).await {
             Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
             _ => return Err(ApiError::new(Code::LogNotFound, "the engine has not run for this job")),
         },

@@ -22,12 +22,12 @@ pub(super) async fn health() -> HttpResponse {
 #[utoipa::path(get, path = "/ready", tag = "service",
     responses((status = 200, description = "Database, storage, queue and engine are usable"), (status = 503, description = "Something is not; see checks")))]
 pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
-    let storage = match app.storage.check().await {
+    let storage = match app.files.check().await {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
-    let database = match app.store.db().ping().await {
-        Ok(()) => format!("ok: {}", app.store.db().kind()),
+    let database = match app.jobs.db().ping().await {
+        Ok(()) => format!("ok: {}", app.jobs.db().kind()),
         Err(e) => format!("error: {e}"),
     };
     // Ready means the engine of the default pipeline can run; the other one is reported.
@@ -72,8 +72,8 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "engines": {"meshroom": binary(Engine::Meshroom), "colmap": binary(Engine::Colmap)},
         "queue": {"kind": app.queue.kind(), "depth": app.queue.depth().await},
-        "storage": app.storage.kind(),
-        "database": app.store.db().kind(),
+        "storage": app.files.kind(),
+        "database": app.jobs.db().kind(),
         "running_here": app.running.lock().expect("lock").len(),
         "gpus": app.gpus,
         "pipelines": app.pipelines.names(),

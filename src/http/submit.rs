@@ -82,7 +82,7 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     if let Some(key) = &idempotency_key {
-        if let Some(job) = app.store.find_idempotent(key).await? {
+        if let Some(job) = app.jobs.find_idempotent(key).await? {
             return Ok(accepted(&job, true));
         }
     }
@@ -118,7 +118,7 @@ pub(super) async fn submit(
     // Inputs first, record last: a crash in between leaves inputs that no record names (unlisted,
     // never run), and never a job whose inputs are missing.
     for (upload, path) in job.uploads.iter().zip(&staged) {
-        app.storage
+        app.files
             .store_file(&Job::key(job.id, &format!("inputs/{}", upload.name)), path)
             .await
             .map_err(|e| {
@@ -127,7 +127,7 @@ pub(super) async fn submit(
             })?;
     }
     if !job.uploads.is_empty() {
-        app.storage
+        app.files
             .sync_folders(&Job::key(job.id, "inputs"))
             .await
             .map_err(ApiError::from)?;
@@ -135,10 +135,10 @@ pub(super) async fn submit(
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
-    let stored = app.store.insert(job).await?;
+    let stored = app.jobs.insert(job).await?;
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.
-        let _ = app.storage.delete_prefix(&Job::key(new_id, "")).await;
+        let _ = app.files.delete_prefix(&Job::key(new_id, "")).await;
         return Ok(accepted(&stored, true));
     }
     if let Err(e) = app.publish(&stored).await {

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod amqp;
+mod timer;
 pub use amqp::Amqp;
 
 /// Queue failures.
@@ -29,16 +30,26 @@ pub enum QueueError {
 #[derive(Debug)]
 pub enum Queue {
     /// Ids in memory, rebuilt from job records at start-up.
-    Local(LocalQueue),
+    Local(Box<LocalQueue>),
     /// RabbitMQ.
     Rabbitmq(std::sync::Arc<Amqp>),
 }
 
-/// Two FIFOs of job ids (high priority first) that wake one waiting worker per push.
+/// Two FIFOs of job ids (high priority first) that wake one waiting worker per push, and the
+/// schedule of webhook attempts.
 #[derive(Debug, Default)]
 pub struct LocalQueue {
     ids: Mutex<[VecDeque<Uuid>; 2]>,
     ready: Notify,
+    webhooks: timer::WebhookTimer,
+}
+
+/// A webhook attempt that is due, taken from the queue; settle it when it is done.
+#[derive(Debug)]
+pub struct WebhookTurn {
+    /// The job whose webhook is due.
+    pub id: Uuid,
+    message: Option<amqp::BrokerMessage>,
 }
 
 /// A job taken from the queue; settle it once its outcome is recorded.
@@ -46,7 +57,7 @@ pub struct LocalQueue {
 pub struct Taken {
     /// The job.
     pub id: Uuid,
-    delivery: Option<amqp::Delivery>,
+    delivery: Option<amqp::BrokerMessage>,
     /// In-process queue: the FIFO it came from (0: high priority).
     lane: usize,
 }
@@ -65,7 +76,7 @@ pub enum Settle {
 impl Queue {
     /// An empty in-process queue.
     pub fn local() -> Queue {
-        Queue::Local(LocalQueue::default())
+        Queue::Local(Box::default())
     }
 
     /// Adds a job; with RabbitMQ, returns once the broker confirmed it.
@@ -136,12 +147,37 @@ impl Queue {
         }
     }
 
-    /// Asks for a webhook attempt of job `id` after `delay` (RabbitMQ only; the in-process
-    /// deliveries are driven by tasks, see `webhook`).
-    pub async fn push_webhook(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+    /// Asks for a webhook attempt of job `id` after `delay`.
+    pub async fn schedule_webhook(&self, id: Uuid, delay: Duration) -> Result<(), QueueError> {
         match self {
-            Queue::Local(_) => Ok(()),
+            Queue::Local(q) => {
+                q.webhooks.schedule(id, delay);
+                Ok(())
+            }
             Queue::Rabbitmq(q) => q.publish_webhook(id, delay).await,
+        }
+    }
+
+    /// Waits for the next webhook attempt that is due; `None` once `stop` is cancelled.
+    pub async fn take_webhook(&self, stop: &CancellationToken) -> Option<WebhookTurn> {
+        match self {
+            Queue::Local(q) => q.webhooks.next(stop).await.map(|id| WebhookTurn { id, message: None }),
+            Queue::Rabbitmq(q) => {
+                let message = q.next_webhook(stop).await?;
+                Some(WebhookTurn {
+                    id: message.id,
+                    message: Some(message),
+                })
+            }
+        }
+    }
+
+    /// Settles a webhook turn: `Requeue` offers it again shortly (the job store did not answer).
+    pub async fn settle_webhook(&self, turn: WebhookTurn, how: Settle) {
+        match (self, turn.message) {
+            (_, Some(message)) => message.settle(how).await,
+            (Queue::Local(q), None) if how == Settle::Requeue => q.webhooks.schedule(turn.id, Duration::from_secs(1)),
+            _ => {}
         }
     }
 
@@ -158,6 +194,20 @@ impl Queue {
         match self {
             Queue::Local(_) => true,
             Queue::Rabbitmq(q) => q.is_connected(),
+        }
+    }
+
+    /// True when the queue lives in this process and dies with it (then the job records refill
+    /// it at start, and a publish cannot fail).
+    pub fn held_in_memory(&self) -> bool {
+        matches!(self, Queue::Local(_))
+    }
+
+    /// RabbitMQ: warns, once the broker is reached, when its node-wide consumer timeout
+    /// (`broker_timeout_secs`, RabbitMQ before 3.12) would take long jobs (`job_secs`) away.
+    pub fn warn_about_broker(&self, job_secs: u64, broker_timeout_secs: u64) {
+        if let Queue::Rabbitmq(q) = self {
+            q.clone().warn_if_consumer_timeout_short(job_secs, broker_timeout_secs);
         }
     }
 

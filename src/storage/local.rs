@@ -84,7 +84,7 @@ impl LocalStorage {
         Ok(())
     }
 
-    pub(super) async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
+    pub(super) async fn put_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         let path = self.path(key)?;
         create_parent(&path).await.map_err(io(key))?;
         let tmp = Self::temp_beside(&path);

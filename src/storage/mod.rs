@@ -87,9 +87,9 @@ impl Storage {
 
     /// Copies a local file into storage under `key`, streaming it, and keeps the source; returns
     /// its size.
-    pub async fn copy_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
+    pub async fn put_file(&self, key: &str, src: &Path) -> Result<u64, StorageError> {
         match self {
-            Storage::Local(s) => s.copy_file(key, src).await,
+            Storage::Local(s) => s.put_file(key, src).await,
             Storage::S3(s) => s.upload(key, src).await,
         }
     }

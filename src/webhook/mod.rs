@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Sends deliveries; one task per job at most.
+/// Sends deliveries; one attempt per job at a time.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
     client: reqwest::Client,
@@ -68,52 +68,45 @@ impl Webhooks {
         });
     }
 
-    /// Delivers a job's pending webhook from a task of this process (in-process queue), unless
-    /// one is already under way.
-    pub fn spawn(&self, store: Arc<Store>, id: Uuid) {
-        if !self.in_flight.lock().expect("lock").insert(id) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match this.step(&store, id).await {
-                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
-                    Ok(None) => break,
-                    Err(e) => {
-                        log::error!("job {id}: webhook state unavailable ({e}); trying again in 5 s");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                }
+    /// Runs the webhook attempts the queue hands to this process, until `stop`: each in a task
+    /// of its own, so that a slow receiver holds up no other; one at a time per job.
+    pub async fn consume(&self, store: &Arc<Store>, queue: &Arc<Queue>, stop: &CancellationToken) {
+        while let Some(turn) = queue.take_webhook(stop).await {
+            if !self.in_flight.lock().expect("lock").insert(turn.id) {
+                // The attempt under way schedules the next one itself.
+                queue.settle_webhook(turn, Settle::Ack).await;
+                continue;
             }
-            this.in_flight.lock().expect("lock").remove(&id);
-        });
+            let (this, store, queue) = (self.clone(), store.clone(), queue.clone());
+            tokio::spawn(async move {
+                let id = turn.id;
+                this.take_turn(&store, &queue, turn).await;
+                this.in_flight.lock().expect("lock").remove(&id);
+            });
+        }
     }
 
-    /// Runs webhook attempts that RabbitMQ hands to this process, until `stop`.
-    pub async fn consume(&self, store: &Store, queue: &Queue, stop: &CancellationToken) {
-        let Queue::Rabbitmq(amqp) = queue else { return };
-        while let Some(delivery) = amqp.next_webhook(stop).await {
-            let id = delivery.id;
-            let how = match self.step(store, id).await {
-                Ok(None) => Settle::Ack,
-                Ok(Some(wait)) => match queue.push_webhook(id, wait).await {
-                    Ok(()) => Settle::Ack,
-                    Err(e) => {
-                        log::warn!("job {id}: next webhook attempt not queued ({e})");
-                        Settle::Requeue
-                    }
-                },
+    /// One due attempt: made, recorded, and the next one scheduled if the delivery goes on.
+    async fn take_turn(&self, store: &Store, queue: &Queue, turn: crate::queue::WebhookTurn) {
+        let id = turn.id;
+        let how = match self.step(store, id).await {
+            Ok(None) => Settle::Ack,
+            Ok(Some(wait)) => match queue.schedule_webhook(id, wait).await {
+                Ok(()) => Settle::Ack,
                 Err(e) => {
-                    log::warn!("job {id}: webhook state unavailable ({e})");
+                    log::warn!("job {id}: next webhook attempt not queued ({e})");
                     Settle::Requeue
                 }
-            };
-            if how == Settle::Requeue {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            },
+            Err(e) => {
+                log::warn!("job {id}: webhook state unavailable ({e})");
+                Settle::Requeue
             }
-            delivery.settle(how).await;
+        };
+        if how == Settle::Requeue {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        queue.settle_webhook(turn, how).await;
     }
 
     /// Makes the attempt of a job's pending delivery if it is due and records it. Returns how

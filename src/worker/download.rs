@@ -58,7 +58,7 @@ pub async fn fetch_all(app: &App, job: &Job, dir: &Path) -> Result<(), ErrorInfo
             async move {
                 let key = Job::key(job.id, &format!("inputs/{}", upload.name));
                 let dest = dir.join(&upload.name);
-                (|| app.storage.fetch_to_file(&key, &dest))
+                (|| app.files.fetch_to_file(&key, &dest))
                     .retry(backoff(app))
                     .notify(|e, wait| {
                         log::warn!(

@@ -18,7 +18,7 @@ mod run;
 use run::execute;
 
 /// Cancel handles of the jobs running in this process, by job id.
-pub type Running = Mutex<HashMap<Uuid, CancellationToken>>;
+pub type CancelHandles = Mutex<HashMap<Uuid, CancellationToken>>;
 
 /// How an attempt ended, short of success.
 #[derive(Debug)]
@@ -157,7 +157,7 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     };
     // The record is committed before its message is published, so a missing record is a
     // deleted job: nothing to wait for.
-    let mut claimed = lifecycle::claim(&app.store, &app.webhooks, id, &who).await;
+    let mut claimed = lifecycle::claim(&app.jobs, &app.webhooks, id, &who).await;
     // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease
     // to lapse (it died), without giving the message back.
     while let Ok(Some(Claim::Held)) = claimed {
@@ -165,7 +165,7 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = app.shutdown.cancelled() => return Settle::Requeue,
         }
-        claimed = lifecycle::claim(&app.store, &app.webhooks, id, &who).await;
+        claimed = lifecycle::claim(&app.jobs, &app.webhooks, id, &who).await;
     }
     let job = match claimed {
         Ok(Some(Claim::Run(job))) => job,
@@ -197,7 +197,7 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     };
     watcher.abort();
     app.running.lock().expect("lock").remove(&id);
-    if let Err(e) = lifecycle::record(&app.store, &app.webhooks, id, &outcome).await {
+    if let Err(e) = lifecycle::record(&app.jobs, &app.webhooks, id, &outcome).await {
         // Not acked: the broker gives the job again and the next attempt records it.
         log::error!("job {id}: outcome could not be stored: {e}");
         return Settle::Requeue;
@@ -212,7 +212,7 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     if interrupted {
         return Settle::Requeue;
     }
-    if let Some(j) = app.store.get(id).await.ok().flatten() {
+    if let Some(j) = app.jobs.get(id).await.ok().flatten() {
         let code = j.error.as_ref().map_or("", |e| e.code.as_str());
         app.metrics.finished.with_label_values(&[j.status.as_str(), code]).inc();
         log::info!(
@@ -249,9 +249,9 @@ async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let asked = if beat.elapsed() >= HEARTBEAT {
             beat = tokio::time::Instant::now();
-            lifecycle::heartbeat(&app.store, id).await
+            lifecycle::heartbeat(&app.jobs, id).await
         } else {
-            app.store.get(id).await.map(|j| j.map(|j| j.cancel_requested))
+            app.jobs.get(id).await.map(|j| j.map(|j| j.cancel_requested))
         };
         match asked {
             Ok(Some(false)) => {}

@@ -76,7 +76,7 @@ pub(super) async fn execute(
     // Keep the engine log in storage whatever happened, for GET /jobs/{id}/log.
     let tail = engine::tail(&run.log_path(), app.config.engine.log_tail_bytes);
     if let Err(e) = app
-        .storage
+        .files
         .put_bytes(
             &Job::key(job.id, "engine.log"),
             tail.as_deref().unwrap_or("").as_bytes(),
@@ -101,7 +101,7 @@ pub(super) async fn execute(
 /// chatty engine never waits on storage: reports that arrive during a write are coalesced.
 fn progress_writer(app: &Arc<App>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
-    let store = app.store.clone();
+    let store = app.jobs.clone();
     let writer = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let p = rx.borrow_and_update().clone();
@@ -126,7 +126,7 @@ impl StageClock<'_> {
     async fn enter(&mut self, stage: Stage) {
         self.observe();
         (self.stage, self.since) = (stage, Instant::now());
-        if let Err(e) = self.app.store.update(self.id, |j| j.stage = Some(stage)).await {
+        if let Err(e) = self.app.jobs.update(self.id, |j| j.stage = Some(stage)).await {
             log::warn!("job {}: stage not stored: {e}", self.id);
         }
     }
@@ -158,7 +158,7 @@ async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultF
     for (name, path) in files {
         let key = Job::key(id, &format!("results/{name}"));
         // Copied, not moved: if this attempt dies half-way, the next one still has every file.
-        let size = (|| app.storage.copy_file(&key, &path))
+        let size = (|| app.files.put_file(&key, &path))
             .retry(download::backoff(app))
             .notify(|e, wait| log::warn!("job {id}: result {name} not stored ({e}); retry in {wait:?}"))
             .await

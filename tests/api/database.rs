@@ -73,7 +73,7 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
     let url = db.url.clone();
     let postgres = spawn_app_with(move |c| c.secrets.database_url = Some(url.into()), vec![]).await;
     for app in [&sqlite, &postgres] {
-        let kind = app.app.store.db().kind();
+        let kind = app.app.jobs.db().kind();
         // 1,000 jobs, 1% failed, stored directly: no worker takes them.
         let mut failed = Vec::new();
         for i in 0..1000 {
@@ -82,12 +82,12 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
                 job.finish(Status::Failed, None);
                 failed.push(job.id);
             }
-            app.app.store.insert(job).await.unwrap();
+            app.app.jobs.insert(job).await.unwrap();
         }
         failed.reverse(); // newest first
                           // Pages of 3 while jobs keep arriving: every page full until the last, no job twice.
         let inserter = {
-            let store = app.app.store.clone();
+            let store = app.app.jobs.clone();
             tokio::spawn(async move {
                 for _ in 0..50 {
                     let mut job = Job::new("draft".into(), 60);

@@ -38,7 +38,7 @@ pub async fn run(
     tokio::fs::create_dir_all(&sparse).await?;
     tokio::fs::create_dir_all(out.join("sparse")).await?;
     let image_count = std::fs::read_dir(&images)?.count() as u32;
-    let mut stage = Stage {
+    let mut stage = StageRunner {
         run,
         cancel,
         deadline: Instant::now() + run.timeout,
@@ -111,14 +111,14 @@ fn check(ended: Ended, program: &str, run: &Run<'_>) -> Result<(), EngineError> 
 }
 
 /// Runs stage commands of one job against one deadline, reporting progress.
-struct Stage<'a, 'r, F> {
+struct StageRunner<'a, 'r, F> {
     run: &'a Run<'r>,
     cancel: &'a CancellationToken,
     deadline: Instant,
     report: &'a mut F,
 }
 
-impl<F: FnMut(Progress)> Stage<'_, '_, F> {
+impl<F: FnMut(Progress)> StageRunner<'_, '_, F> {
     /// Runs a stage command that must exit 0 (named after its first argument in errors).
     async fn checked(
         &mut self,

@@ -154,7 +154,7 @@ pub fn graph_size(project: &Path) -> Option<u32> {
 
 /// A node with a chunk running, from its status files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Running {
+pub struct RunningNode {
     /// Its name, e.g. `DepthMap_1`.
     pub node: String,
     /// Chunks in SUCCESS.
@@ -173,7 +173,7 @@ pub struct CacheState {
     /// Nodes with a status file that is not SUCCESS (running, submitted, stopped, error...).
     pub unfinished: u32,
     /// A node with a chunk RUNNING, if any.
-    pub running: Option<Running>,
+    pub running: Option<RunningNode>,
 }
 
 /// Scans `<cache>/<NodeType>/<uid>/status` and `<i>.status` files.
@@ -204,7 +204,7 @@ pub fn scan_cache(cache: &Path) -> CacheState {
             state.failed.push(node.clone());
         }
         if let Some((_, node)) = statuses.iter().find(|(s, _)| s == "RUNNING") {
-            state.running = Some(Running {
+            state.running = Some(RunningNode {
                 node: node.clone(),
                 chunks_done: statuses.iter().filter(|(s, _)| s == "SUCCESS").count() as u32,
                 chunks: statuses.len() as u32,
@@ -272,7 +272,7 @@ mod tests {
     fn cache(succeeded: u32, running: Option<(&str, u32, u32)>) -> CacheState {
         CacheState {
             succeeded,
-            running: running.map(|(node, chunks_done, chunks)| Running {
+            running: running.map(|(node, chunks_done, chunks)| RunningNode {
                 node: node.into(),
                 chunks_done,
                 chunks,

@@ -2,7 +2,7 @@
 //! callbacks that mark the link closed so the supervisor reconnects.
 
 use super::broker::{confirm_args, consume_args, declare, persistent, publish_args, qos};
-use super::{Consume, Delivery, Topology};
+use super::{BrokerMessage, Consume, Topology};
 use crate::queue::QueueError;
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
 use amqprs::channel::{BasicRejectArguments, Channel, ConsumerMessage, QueueDeclareArguments};
@@ -79,7 +79,7 @@ impl Link {
         args: &OpenConnectionArguments,
         topology: &Topology,
         consume: Consume,
-        (jobs, hooks): (mpsc::Sender<Delivery>, mpsc::Sender<Delivery>),
+        (jobs, hooks): (mpsc::Sender<BrokerMessage>, mpsc::Sender<BrokerMessage>),
     ) -> Result<Link> {
         let connection = Connection::open(args).await?;
         let closed = CancellationToken::new();
@@ -171,7 +171,7 @@ async fn subscribe(
     connection: &Connection,
     queues: &[String],
     prefetch: u16,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<BrokerMessage>,
     closed: &CancellationToken,
 ) -> Result<()> {
     let channel = connection.open_channel(None).await?;
@@ -192,7 +192,7 @@ async fn subscribe(
 async fn forward(
     mut rx: mpsc::UnboundedReceiver<ConsumerMessage>,
     channel: Channel,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<BrokerMessage>,
     closed: CancellationToken,
 ) {
     while let Some(msg) = rx.recv().await {
@@ -206,7 +206,7 @@ async fn forward(
         match id {
             Some(id) => {
                 if tx
-                    .send(Delivery {
+                    .send(BrokerMessage {
                         id,
                         tag,
                         channel: channel.clone(),

@@ -59,23 +59,23 @@ impl Topology {
 }
 
 /// A job or webhook message held by this process until it is settled.
-pub struct Delivery {
+pub struct BrokerMessage {
     /// The job.
     pub id: Uuid,
     tag: u64,
     channel: Channel,
 }
 
-impl std::fmt::Debug for Delivery {
+impl std::fmt::Debug for BrokerMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
+        f.debug_struct("BrokerMessage")
             .field("id", &self.id)
             .field("tag", &self.tag)
             .finish()
     }
 }
 
-impl Delivery {
+impl BrokerMessage {
     /// Acks, requeues or dead-letters the message. A failure means the channel is gone, and
     /// the broker gives the message to another consumer: nothing is lost.
     pub async fn settle(self, how: Settle) {
@@ -106,8 +106,8 @@ impl Delivery {
 pub struct Amqp {
     topology: Topology,
     link: watch::Sender<Option<Arc<Link>>>,
-    jobs: Mutex<mpsc::Receiver<Delivery>>,
-    webhooks: Mutex<mpsc::Receiver<Delivery>>,
+    jobs: Mutex<mpsc::Receiver<BrokerMessage>>,
+    webhooks: Mutex<mpsc::Receiver<BrokerMessage>>,
 }
 
 impl Amqp {
@@ -206,7 +206,7 @@ impl Amqp {
     }
 
     /// Waits for the next job delivery; `None` once `stop` is cancelled.
-    pub async fn next_job(&self, stop: &CancellationToken) -> Option<Delivery> {
+    pub async fn next_job(&self, stop: &CancellationToken) -> Option<BrokerMessage> {
         let mut rx = self.jobs.lock().await;
         tokio::select! {
             d = rx.recv() => d,
@@ -215,12 +215,33 @@ impl Amqp {
     }
 
     /// Waits for the next webhook delivery; `None` once `stop` is cancelled.
-    pub async fn next_webhook(&self, stop: &CancellationToken) -> Option<Delivery> {
+    pub async fn next_webhook(&self, stop: &CancellationToken) -> Option<BrokerMessage> {
         let mut rx = self.webhooks.lock().await;
         tokio::select! {
             d = rx.recv() => d,
             _ = stop.cancelled() => None,
         }
+    }
+
+    /// Warns, once the broker is reached, when its node-wide consumer timeout (RabbitMQ before
+    /// 3.12 ignores the per-queue one) is shorter than a job may hold its message.
+    pub fn warn_if_consumer_timeout_short(self: Arc<Self>, job_secs: u64, broker_timeout_secs: u64) {
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                if let Some(version) = self.broker_version().await {
+                    if !broker::honours_queue_consumer_timeout(&version) && broker_timeout_secs < job_secs {
+                        log::warn!(
+                            "RabbitMQ {version} has a node-wide consumer_timeout ({broker_timeout_secs} s per \
+                             queue.broker_consumer_timeout_secs) shorter than engine.timeout_secs ({job_secs} s): \
+                             long jobs would be taken away from their worker. Raise consumer_timeout on the \
+                             broker (see README) and set queue.broker_consumer_timeout_secs."
+                        );
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
     }
 
     /// Ready job messages in both job queues.
