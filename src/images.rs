@@ -6,7 +6,9 @@
 use crate::error::Code;
 use std::path::Path;
 
+mod intake;
 mod structure;
+pub use intake::{Intake, IntakeError};
 pub use structure::check_tiff;
 
 /// Accepted image types.

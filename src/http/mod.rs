@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 mod files;
+mod job_request;
 mod jobs;
 mod meta;
 mod multipart;

@@ -1,8 +1,8 @@
 //! Multipart submits: image parts streamed to a staging folder and checked (type by content,
 //! size and count limits) as the bytes arrive; the other parts are the fields of a JSON submit.
 
+use super::job_request::SubmitRequest;
 use super::staging::next_within;
-use super::submit::SubmitRequest;
 use super::ApiError;
 use crate::app::App;
 use crate::error::Code;
@@ -11,7 +11,6 @@ use crate::jobs::Upload;
 use actix_multipart::Multipart;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Longest image URL, bytes: real URLs, signed ones included, fit with room to spare.
 pub(super) const MAX_URL_BYTES: usize = 8 << 10;
@@ -27,7 +26,7 @@ pub(super) async fn read_multipart(
     let idle = Duration::from_secs(app.config.server.body_timeout_secs);
     let mut request = SubmitRequest::default();
     let mut uploads: Vec<(Upload, PathBuf)> = Vec::new();
-    let mut total = 0u64;
+    let total = std::sync::atomic::AtomicU64::new(0);
     // Text parts share the JSON body's budget, so a form cannot hold more in memory than a JSON submit.
     let mut text_left = app.config.server.max_json_bytes as usize;
     while let Some(field) = next_within(&mut form, idle).await.map_err(|_| body_timeout(idle))? {
@@ -66,33 +65,14 @@ pub(super) async fn read_multipart(
             .to_string();
         tokio::fs::create_dir_all(staging).await.map_err(staging_error)?;
         let path = staging.join(uploads.len().to_string());
-        let mut file = tokio::fs::File::create(&path).await.map_err(staging_error)?;
-        let (mut size, mut inspector) = (0u64, images::Inspector::new(limits.max_image_pixels));
-        let refused = |e: images::ImageError| image_error(&original, e);
+        let mut intake = images::Intake::create(&path, limits, &total)
+            .await
+            .map_err(staging_error)?;
+        let refused = |e: images::IntakeError| intake_error(&original, e);
         while let Some(chunk) = next_within(&mut field, idle).await.map_err(|_| body_timeout(idle))? {
-            let chunk = chunk.map_err(bad_multipart)?;
-            size += chunk.len() as u64;
-            total += chunk.len() as u64;
-            if size > limits.max_image_bytes {
-                return Err(too_large(
-                    Code::ImageTooLarge,
-                    "limits.max_image_bytes",
-                    limits.max_image_bytes,
-                ));
-            }
-            if total > limits.max_total_bytes {
-                return Err(too_large(
-                    Code::ImagesTooLarge,
-                    "limits.max_total_bytes",
-                    limits.max_total_bytes,
-                ));
-            }
-            inspector.feed(&chunk).map_err(refused)?;
-            file.write_all(&chunk).await.map_err(staging_error)?;
+            intake.feed(&chunk.map_err(bad_multipart)?).await.map_err(refused)?;
         }
-        file.flush().await.map_err(staging_error)?;
-        drop(file);
-        let kind = inspector.finish_file(&path).await.map_err(refused)?;
+        let (kind, size) = intake.finish().await.map_err(refused)?;
         let upload = Upload {
             name: images::file_name(uploads.len(), &original, kind),
             size,
@@ -191,7 +171,13 @@ fn staging_error(e: std::io::Error) -> ApiError {
     ApiError::new(Code::StorageUnavailable, "cannot store the upload; try again")
 }
 
-/// An image refused by its content (its code gives the status: 415, 413 or 400).
-fn image_error(name: &str, e: images::ImageError) -> ApiError {
-    ApiError::new(e.code(), format!("'{}': {e}", super::quote(name)))
+/// An image not taken in: refused by its content (its code gives the status: 415, 413 or 400),
+/// over a limit, or not stored.
+fn intake_error(name: &str, e: images::IntakeError) -> ApiError {
+    match e {
+        images::IntakeError::Image(e) => ApiError::new(e.code(), format!("'{}': {e}", super::quote(name))),
+        images::IntakeError::TooLarge(max) => too_large(Code::ImageTooLarge, "limits.max_image_bytes", max),
+        images::IntakeError::TotalTooLarge(max) => too_large(Code::ImagesTooLarge, "limits.max_total_bytes", max),
+        images::IntakeError::Io(e) => staging_error(e),
+    }
 }

@@ -11,9 +11,8 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// The HTTP client for image downloads: public addresses only, a few checked redirects, bounded waits.
 pub fn client(egress: &Egress, read_timeout: Duration) -> reqwest::Client {
@@ -113,25 +112,9 @@ fn stable_times(dir: &Path, when: std::time::SystemTime) -> std::io::Result<()> 
     Ok(())
 }
 
+/// Downloads one image into `dir`, checked as it streams; its bytes count in the job's `total`
+/// only if it succeeds.
 async fn fetch_url(app: &App, url: &str, index: usize, dir: &Path, total: &AtomicU64) -> Result<(), Failed> {
-    let mut counted = 0u64;
-    let result = fetch_counted(app, url, index, dir, total, &mut counted).await;
-    if result.is_err() {
-        // A failed attempt's bytes do not count against the job's total.
-        total.fetch_sub(counted, Ordering::Relaxed);
-    }
-    result
-}
-
-async fn fetch_counted(
-    app: &App,
-    url: &str,
-    index: usize,
-    dir: &Path,
-    total: &AtomicU64,
-    counted: &mut u64,
-) -> Result<(), Failed> {
-    let limits = &app.config.limits;
     let shown = display_url(url);
     let transport = |e: reqwest::Error| match egress::is_blocked(&e) {
         // The egress policy refused the address: trying again changes nothing.
@@ -169,33 +152,21 @@ async fn fetch_counted(
     // Streamed to a temporary name: the file is named after its real type, known at the end.
     let partial = dir.join(format!("{index:04}.part"));
     let io = |e: std::io::Error| Failed::permanent(ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}")));
-    let refused = |e: images::ImageError| Failed::permanent(ErrorInfo::new(e.code(), format!("image {shown}: {e}")));
-    let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
-    let mut inspector = images::Inspector::new(limits.max_image_pixels);
+    let refused = |e: images::IntakeError| {
+        Failed::permanent(match e {
+            images::IntakeError::Image(e) => ErrorInfo::new(e.code(), format!("image {shown}: {e}")),
+            images::IntakeError::TooLarge(_) => ErrorInfo::new(Code::ImageTooLarge, format!("image {shown}: {e}")),
+            images::IntakeError::TotalTooLarge(_) => ErrorInfo::new(Code::ImagesTooLarge, e.to_string()),
+            images::IntakeError::Io(e) => ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}")),
+        })
+    };
+    let mut intake = images::Intake::create(&partial, &app.config.limits, total)
+        .await
+        .map_err(io)?;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(transport)?;
-        *counted += chunk.len() as u64;
-        let sum = total.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
-        if *counted > limits.max_image_bytes {
-            let message = format!(
-                "image {shown}: larger than limits.max_image_bytes ({})",
-                limits.max_image_bytes
-            );
-            return Err(Failed::permanent(ErrorInfo::new(Code::ImageTooLarge, message)));
-        }
-        if sum > limits.max_total_bytes {
-            let message = format!(
-                "the job's images exceed limits.max_total_bytes ({})",
-                limits.max_total_bytes
-            );
-            return Err(Failed::permanent(ErrorInfo::new(Code::ImagesTooLarge, message)));
-        }
-        inspector.feed(&chunk).map_err(refused)?;
-        file.write_all(&chunk).await.map_err(io)?;
+        intake.feed(&chunk.map_err(transport)?).await.map_err(refused)?;
     }
-    file.flush().await.map_err(io)?;
-    drop(file);
-    let kind = inspector.finish_file(&partial).await.map_err(refused)?;
+    let (kind, _) = intake.finish().await.map_err(refused)?;
     tokio::fs::rename(&partial, dir.join(images::file_name(index, &name_hint, kind)))
         .await
         .map_err(io)?;

@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
-use crate::jobs::ErrorInfo;
+use crate::jobs::{ErrorInfo, Job};
 use crate::queue::Settle;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -144,6 +144,17 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// Runs one delivered job to its end and says what to do with the message.
 async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
+    let job = match claim(app, id).await {
+        Ok(job) => job,
+        Err(settle) => return settle,
+    };
+    log::info!("job {id}: started (attempt {}, gpu {:?})", job.attempts, slot.gpu);
+    let outcome = run_attempt(app, &job, slot).await;
+    finish(app, id, outcome).await
+}
+
+/// Takes the job for this worker, or says what to do with its message instead.
+async fn claim(app: &Arc<App>, id: Uuid) -> Result<Box<Job>, Settle> {
     // After a broker reconnect, a job this process is still running can be delivered again: wait
     // for that run to record its outcome, then this delivery finds the job done.
     while app.running.lock().expect("lock").contains_key(&id) {
@@ -163,40 +174,48 @@ async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
     while let Ok(Some(Claim::Held)) = claimed {
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = app.shutdown.cancelled() => return Settle::Requeue,
+            _ = app.shutdown.cancelled() => return Err(Settle::Requeue),
         }
         claimed = lifecycle::claim(&app.jobs, &app.webhooks, id, &who).await;
     }
-    let job = match claimed {
-        Ok(Some(Claim::Run(job))) => job,
-        Ok(Some(Claim::Done { webhook: true })) => return queue_webhook(app, id).await,
-        Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => return Settle::Ack,
+    match claimed {
+        Ok(Some(Claim::Run(job))) => Ok(job),
+        Ok(Some(Claim::Done { webhook: true })) => Err(queue_webhook(app, id).await),
+        Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => Err(Settle::Ack),
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
             // Dead-letter once the webhook is queued; otherwise the next delivery queues it.
-            return match queue_webhook(app, id).await {
+            Err(match queue_webhook(app, id).await {
                 Settle::Ack => Settle::DeadLetter,
                 other => other,
-            };
+            })
         }
         Err(e) => {
             log::error!("job {id}: cannot claim ({e}); handing it back");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            return Settle::Requeue;
+            Err(Settle::Requeue)
         }
-    };
-    log::info!("job {id}: started (attempt {}, gpu {:?})", job.attempts, slot.gpu);
+    }
+}
+
+/// Runs one attempt of a claimed job, cancelable, with its lease kept fresh meanwhile.
+async fn run_attempt(app: &Arc<App>, job: &Job, slot: &mut Slot) -> Outcome {
     let token = app.shutdown.child_token();
-    app.running.lock().expect("lock").insert(id, token.clone());
-    let watcher = tokio::spawn(watch_cancel(app.clone(), id, token.clone()));
-    let outcome = match execute(app, &job, slot, &token).await {
+    app.running.lock().expect("lock").insert(job.id, token.clone());
+    let watcher = tokio::spawn(watch_cancel(app.clone(), job.id, token.clone()));
+    let outcome = match execute(app, job, slot, &token).await {
         Ok((results, summary)) => Outcome::Succeeded(results, summary),
         Err(Failure::Canceled) => Outcome::Canceled,
         Err(Failure::Interrupted) => Outcome::Interrupted,
         Err(Failure::Error(e, tail)) => Outcome::Failed(e, tail),
     };
     watcher.abort();
-    app.running.lock().expect("lock").remove(&id);
+    app.running.lock().expect("lock").remove(&job.id);
+    outcome
+}
+
+/// Records an attempt's outcome, tidies its folder and starts the webhook.
+async fn finish(app: &Arc<App>, id: Uuid, outcome: Outcome) -> Settle {
     if let Err(e) = lifecycle::record(&app.jobs, &app.webhooks, id, &outcome).await {
         // Not acked: the broker gives the job again and the next attempt records it.
         log::error!("job {id}: outcome could not be stored: {e}");
