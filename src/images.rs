@@ -7,6 +7,10 @@ use crate::error::Code;
 use std::path::Path;
 
 mod intake;
+// The test photos (made on the spot; shared with the integration tests).
+#[cfg(test)]
+#[path = "../tests/fixtures/photos.rs"]
+mod photos;
 mod structure;
 pub use intake::{Intake, IntakeError};
 pub use structure::check_tiff;

@@ -86,12 +86,8 @@ impl Drop for Intake<'_> {
 }
 
 #[cfg(test)]
-#[path = "../../tests/fixtures/photos.rs"]
-mod photos;
-
-#[cfg(test)]
 mod tests {
-    use super::photos;
+    use super::super::photos;
     use super::*;
 
     fn limits(image: u64, total: u64) -> LimitsConfig {

@@ -1,8 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-#[path = "../../tests/fixtures/photos.rs"]
-mod photos;
+use super::photos;
 
 fn photo() -> Vec<u8> {
     photos::jpeg(6)
