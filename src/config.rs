@@ -36,7 +36,9 @@ pub struct Config {
 }
 
 mod sections;
+mod values;
 pub use sections::*;
+pub use values::{AllowedNetworks, WebhookSecret};
 
 /// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`,
 /// `MESHROOM_SVC_AMQP_URL`, `MESHROOM_SVC_DATABASE_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
@@ -45,8 +47,8 @@ pub use sections::*;
 pub struct Secrets {
     /// Accepted `X-API-Key` values; empty means no authentication.
     pub api_keys: Vec<SecretString>,
-    /// Standard Webhooks signing secret (`whsec_...`).
-    pub webhook_secret: Option<SecretString>,
+    /// Standard Webhooks signing secret (`whsec_...`), checked when read.
+    pub webhook_secret: Option<WebhookSecret>,
     /// RabbitMQ URL with credentials, e.g. `amqp://user:pass@host:5672/%2f`.
     pub amqp_url: Option<SecretString>,
     /// Job state database, `postgres://user:pass@host/db` or `sqlite://PATH`.
@@ -70,7 +72,7 @@ impl PartialEq for Secrets {
                 .collect::<Vec<_>>()
         };
         keys(self) == keys(other)
-            && shown(&self.webhook_secret) == shown(&other.webhook_secret)
+            && self.webhook_secret == other.webhook_secret
             && shown(&self.amqp_url) == shown(&other.amqp_url)
             && shown(&self.database_url) == shown(&other.database_url)
             && self.aws_access_key_id == other.aws_access_key_id
@@ -112,7 +114,7 @@ impl Config {
                 return Err(ConfigError(problems));
             }
         };
-        config.secrets = Secrets::from_env(env);
+        config.secrets = Secrets::from_env(env, &mut problems);
         config.check(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -189,9 +191,6 @@ impl Config {
                 problems.push("MESHROOM_SVC_AMQP_URL: expected amqp://user:password@host:port/vhost".into());
             }
         }
-        if let Err(e) = crate::egress::Egress::new(&self.security.allowed_networks) {
-            problems.push(e);
-        }
         for entry in &self.engine.env {
             let name = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -216,16 +215,12 @@ impl Config {
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }
-        if let Some(secret) = self.secrets.webhook_secret.as_ref().map(ExposeSecret::expose_secret) {
-            if crate::webhook::decode_secret(secret).is_err() {
-                problems.push("MESHROOM_SVC_WEBHOOK_SECRET: expected whsec_ followed by base64".into());
-            }
-        }
     }
 }
 
 impl Secrets {
-    fn from_env(env: &[(String, String)]) -> Secrets {
+    /// Reads the secrets; a malformed one is reported in `problems` (without its value).
+    fn from_env(env: &[(String, String)], problems: &mut Vec<String>) -> Secrets {
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let secret = |name: &str| get(name).filter(|s| !s.is_empty()).map(SecretString::from);
         Secrets {
@@ -238,7 +233,9 @@ impl Secrets {
                         .collect()
                 })
                 .unwrap_or_default(),
-            webhook_secret: secret("MESHROOM_SVC_WEBHOOK_SECRET"),
+            webhook_secret: get("MESHROOM_SVC_WEBHOOK_SECRET")
+                .filter(|s| !s.is_empty())
+                .and_then(|s| WebhookSecret::parse(&s).map_err(|e| problems.push(e)).ok()),
             amqp_url: secret("MESHROOM_SVC_AMQP_URL"),
             database_url: secret("MESHROOM_SVC_DATABASE_URL"),
             aws_access_key_id: get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()),
@@ -333,6 +330,24 @@ mod tests {
         assert!(all.contains("limits.max_image_pixels: must be greater than 0"), "{all}");
         assert!(!all.contains("API_KEYS") && !all.contains("MESHROOM_TEST"), "{all}");
         assert_eq!(err.0.len(), 3, "{all}");
+    }
+
+    #[test]
+    fn networks_and_the_webhook_secret_are_checked_when_read() {
+        let bad_net = Config::from_parts("[security]\nallowed_networks = [\"10.0.0.0/99\"]\n", &[]).unwrap_err();
+        assert!(
+            bad_net.to_string().contains("'10.0.0.0/99' is not a CIDR network"),
+            "{bad_net}"
+        );
+        let from_env = env(&[("MESHROOM_SVC_SECURITY_ALLOWED_NETWORKS", "10.0.0.0/8,192.168.1.20")]);
+        let c = Config::from_parts("", &from_env).unwrap();
+        assert_eq!(c.security.allowed_networks.nets().len(), 2);
+        let bad_secret = Config::from_parts("", &env(&[("MESHROOM_SVC_WEBHOOK_SECRET", "whsec_!!")])).unwrap_err();
+        assert!(
+            bad_secret.to_string().contains("expected whsec_ followed by base64"),
+            "{bad_secret}"
+        );
+        assert!(!bad_secret.to_string().contains("!!"), "the value is not echoed");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipelines;
 pub mod process;
 pub mod queue;
+pub mod roles;
 pub mod storage;
 pub mod webhook;
 pub mod worker;

@@ -28,18 +28,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
             let gpus = gpus(&args.gpu).await;
-            meshroom_svc::app::start_all_in_one(config, gpus).await
+            meshroom_svc::roles::start_all_in_one(config, gpus).await
         }
         Command::Serve(args) => {
             apply(&mut config, args.listen, args.data_dir);
-            meshroom_svc::app::start_serve(Config::checked(config)?).await
+            meshroom_svc::roles::start_serve(Config::checked(config)?).await
         }
         Command::Work(args) => {
             let ops = args.listen.is_some();
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
             let gpus = gpus(&args.gpu).await;
-            meshroom_svc::app::start_work(config, gpus, ops).await
+            meshroom_svc::roles::start_work(config, gpus, ops).await
         }
     };
     running.context("cannot start")?.run_until_stopped().await?;

@@ -1,5 +1,6 @@
 //! The state every role shares, built from the config: storage, job records, queue, presets,
-//! webhooks. Roles start from here (see `roles`).
+//! webhooks; and the upkeep every role runs (recovery, retention, the outbox sweep). The roles
+//! themselves start in `crate::roles`, which wires this state to the worker and the HTTP API.
 
 use crate::config::{Config, QueueKind, StorageKind, DEFAULT_AMQP_URL};
 use crate::jobs::{Db, Job, Store, StoreError};
@@ -7,7 +8,6 @@ use crate::pipelines::{PipelineError, Pipelines};
 use crate::queue::{amqp, Amqp, Queue, QueueError};
 use crate::storage::{Storage, StorageError};
 use crate::webhook::Webhooks;
-use crate::worker;
 use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-mod outbox;
-mod roles;
+pub mod outbox;
 mod upkeep;
-pub use roles::{start_all_in_one, start_serve, start_work, Started};
+
+/// Cancel handles of the jobs running in this process, by job id.
+pub type CancelHandles = std::sync::Mutex<std::collections::HashMap<Uuid, CancellationToken>>;
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +79,7 @@ pub struct App {
     /// Whether the API accepts jobs whose pipeline needs a GPU.
     accepts_gpu_jobs: bool,
     /// Cancel handles of the jobs running in this process.
-    pub running: worker::CancelHandles,
+    pub running: CancelHandles,
     /// Cancelled when the process stops: running jobs are stopped and queued again.
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
@@ -140,10 +141,10 @@ impl App {
             }
         };
         let metrics = crate::metrics::Metrics::default();
-        let egress = crate::egress::Egress::new(&config.security.allowed_networks).map_err(StartError::Refused)?;
+        let egress = crate::egress::Egress::new(config.security.allowed_networks.nets());
         let webhooks = Webhooks::new(
             &config.webhook,
-            config.secrets.webhook_secret.as_ref().map(ExposeSecret::expose_secret),
+            config.secrets.webhook_secret.as_ref(),
             metrics.webhook_attempts.clone(),
             &egress,
         );
@@ -185,7 +186,7 @@ impl App {
             queue: Arc::new(queue),
             pipelines,
             webhooks,
-            downloads: worker::download::client(&egress, Duration::from_secs(config.worker.download_timeout_secs)),
+            downloads: egress.download_client(Duration::from_secs(config.worker.download_timeout_secs)),
             egress,
             // Behind `serve`, GPU jobs wait in their own queue for `work --gpu N` nodes.
             accepts_gpu_jobs: role == Role::Serve || !gpus.is_empty(),

@@ -97,7 +97,7 @@ pub struct WebhookConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Networks (CIDR or address) that image and callback URLs may reach besides public ones.
-    pub allowed_networks: Vec<String>,
+    pub allowed_networks: super::AllowedNetworks,
 }
 
 /// Queue backends.

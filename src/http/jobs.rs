@@ -4,7 +4,8 @@ use super::{submit, ApiError};
 use crate::app::App;
 use crate::error::Code;
 use crate::jobs::lifecycle::{self, Cancel};
-use crate::jobs::{Filter, Job, JobView, Status};
+use crate::jobs::{Filter, Job, JobView, Status, Store};
+use crate::storage::Storage;
 use crate::{engine, worker};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -35,15 +36,15 @@ fn job_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::job_not_found())
 }
 
-async fn find(app: &App, id: &str) -> Result<Job, ApiError> {
-    app.jobs.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
+async fn find(jobs: &Store, id: &str) -> Result<Job, ApiError> {
+    jobs.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn get(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(JobView::from(find(&app, &id).await?)))
+pub(super) async fn get(jobs: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(JobView::from(find(&jobs, &id).await?)))
 }
 
 /// `GET /jobs` query.
@@ -93,7 +94,7 @@ pub(super) struct JobPage {
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobPage), (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(jobs: web::Data<Store>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::new(Code::InvalidQuery, "limit must be 1 to 100"));
@@ -104,8 +105,8 @@ pub(super) async fn list(app: web::Data<App>, q: web::Query<ListQuery>) -> Resul
         created_after: q.created_after,
         created_before: q.created_before,
     };
-    let (jobs, next_cursor) = app.jobs.list(&filter, limit, q.cursor).await?;
-    let mut jobs: Vec<JobView> = jobs.into_iter().map(JobView::from).collect();
+    let (page, next_cursor) = jobs.list(&filter, limit, q.cursor).await?;
+    let mut jobs: Vec<JobView> = page.into_iter().map(JobView::from).collect();
     if q.view == Some(View::Summary) {
         for job in &mut jobs {
             job.image_urls = Vec::new();
@@ -191,22 +192,23 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn file(
-    app: web::Data<App>,
+    jobs: web::Data<Store>,
+    files: web::Data<Storage>,
     path: web::Path<(String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
-    let job = find(&app, &id).await?;
+    let job = find(&jobs, &id).await?;
     let not_found = || ApiError::new(Code::FileNotFound, format!("the job has no result file '{name}'"));
     if !job.results.iter().any(|r| r.name == name) {
         return Err(not_found());
     }
     let key = Job::key(job.id, &format!("results/{name}"));
-    if let Some(url) = app.files.presigned_url(&key).await? {
+    if let Some(url) = files.presigned_url(&key).await? {
         // S3: the client downloads straight from the bucket, Range and all.
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
     }
-    let local = app.files.local_path(&key).ok_or_else(not_found)?;
+    let local = files.local_path(&key).ok_or_else(not_found)?;
     match super::files::respond(&req, &local).await {
         Ok(resp) => Ok(resp),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(not_found()),
@@ -219,7 +221,7 @@ pub(super) async fn file(
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = find(&app, &id).await?;
+    let job = find(&app.jobs, &id).await?;
     let max = app.config.engine.log_tail_bytes;
     let live = app.work_dir(job.id).join("engine.log");
     let text = match job.status {

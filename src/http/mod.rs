@@ -110,6 +110,10 @@ pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Builds the server on a bound listener; it stops gracefully on SIGINT and SIGTERM.
 pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    // Handlers take what they use: the job records, the files, or (for operations that span
+    // several backends, like submit and cancel) the whole state.
+    let jobs = web::Data::from(app.jobs.clone());
+    let files = web::Data::new(app.files.clone());
     let data = web::Data::from(app);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
@@ -117,6 +121,8 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
             .wrap(from_fn(request_log::assign))
             .wrap(request_log::logger())
             .app_data(data.clone())
+            .app_data(jobs.clone())
+            .app_data(files.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::new(Code::InvalidQuery, e.to_string()).into()),

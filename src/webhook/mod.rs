@@ -1,8 +1,10 @@
 //! Webhooks on final states, signed as Standard Webhooks, retried on a schedule. The delivery state
 //! lives in the job record, so a pending delivery carries on after a restart.
 
+mod record;
 mod signing;
-pub use signing::{decode_secret, sign, verify, VerifyError};
+use record::{due, save, Due};
+pub use signing::{sign, verify, VerifyError};
 
 use crate::config::WebhookConfig;
 use crate::egress::{self, Egress};
@@ -33,7 +35,7 @@ impl Webhooks {
     /// A sender with the configured schedule and secret (checked at config load).
     pub fn new(
         config: &WebhookConfig,
-        secret: Option<&str>,
+        secret: Option<&crate::config::WebhookSecret>,
         attempts: prometheus::IntCounterVec,
         egress: &Egress,
     ) -> Webhooks {
@@ -46,7 +48,7 @@ impl Webhooks {
             .expect("static client settings");
         Webhooks {
             client,
-            key: secret.and_then(|s| decode_secret(s).ok()),
+            key: secret.map(|s| s.key()),
             schedule: config.schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
             in_flight: Default::default(),
             attempts,
@@ -112,69 +114,65 @@ impl Webhooks {
     /// Makes the attempt of a job's pending delivery if it is due and records it. Returns how
     /// long to wait before calling again, or `None` when nothing is pending any more.
     pub async fn step(&self, store: &Store, id: Uuid) -> Result<Option<Duration>, crate::jobs::StoreError> {
-        let Some(job) = store.get(id).await? else {
-            return Ok(None);
+        let (job, d, url) = match due(store, id).await? {
+            Due::Now(job, d, url) => (job, d, url),
+            Due::Later(wait) => return Ok(Some(wait)),
+            Due::Nothing => return Ok(None),
         };
-        let (Some(d), Some(url)) = (job.webhook.clone(), job.callback_url.clone()) else {
-            return Ok(None);
-        };
-        if d.state != DeliveryState::Pending {
-            return Ok(None);
-        }
-        if let Some(wait) = d.next_attempt_at.and_then(|at| (at - Utc::now()).to_std().ok()) {
-            if wait > Duration::from_millis(500) {
-                return Ok(Some(wait)); // not due yet (early delivery, or a restart)
-            }
-        }
         // An endpoint that answered 410 Gone gets nothing more, from any job.
         if store.endpoint_gone(&url).await? {
-            store
-                .update(id, |j| {
-                    if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
-                        w.state = DeliveryState::Gone;
-                        w.next_attempt_at = None;
-                    }
-                })
-                .await?;
+            save(store, id, &d, None, DeliveryState::Gone, Duration::ZERO).await?;
             return Ok(None);
         }
-        let allowed = reqwest::Url::parse(&url)
-            .map_err(|_| egress::Blocked::Host)
-            .and_then(|u| self.egress.check(&u));
-        let (attempt, retry_after) = match allowed {
-            Ok(()) => self.attempt(&url, &d, &payload(&job, &d.event)).await,
-            // An address the policy refuses is refused for good: no attempt, no retry.
-            Err(why) => {
-                let error = Some(format!("{BLOCKED}{why}"));
-                (
-                    Attempt {
-                        at: Utc::now(),
-                        status: None,
-                        error,
-                    },
-                    Duration::ZERO,
-                )
-            }
-        };
-        let blocked = attempt.error.as_deref().is_some_and(|e| e.starts_with(BLOCKED));
-        let done = d.attempts.len() + 1;
+        let (attempt, retry_after) = self.send(&url, &d, &job).await;
         if attempt.status == Some(410) {
             store.mark_endpoint_gone(&url).await?;
         }
-        let state = match attempt.status {
+        let done = d.attempts.len() + 1;
+        let state = self.judge(&attempt, done);
+        self.observe(id, &d, done, &attempt, state);
+        let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
+        save(store, id, &d, Some(attempt), state, delay).await?;
+        Ok((state == DeliveryState::Pending).then_some(delay))
+    }
+
+    /// The attempt, unless the egress policy refuses the address: then none is made, for good.
+    async fn send(&self, url: &str, d: &Delivery, job: &Job) -> (Attempt, Duration) {
+        let allowed = reqwest::Url::parse(url)
+            .map_err(|_| egress::Blocked::Host)
+            .and_then(|u| self.egress.check(&u));
+        match allowed {
+            Ok(()) => self.attempt(url, d, &payload(job, &d.event)).await,
+            Err(why) => {
+                let error = Some(format!("{BLOCKED}{why}"));
+                let attempt = Attempt {
+                    at: Utc::now(),
+                    status: None,
+                    error,
+                };
+                (attempt, Duration::ZERO)
+            }
+        }
+    }
+
+    /// The delivery's state after its `done`-th attempt.
+    fn judge(&self, attempt: &Attempt, done: usize) -> DeliveryState {
+        let blocked = attempt.error.as_deref().is_some_and(|e| e.starts_with(BLOCKED));
+        match attempt.status {
             Some(s) if (200..300).contains(&s) => DeliveryState::Delivered,
             Some(410) => DeliveryState::Gone,
             _ if done >= self.schedule.len() || blocked => DeliveryState::Failed,
             _ => DeliveryState::Pending,
-        };
+        }
+    }
+
+    /// The attempt's log line and metric.
+    fn observe(&self, id: Uuid, d: &Delivery, done: usize, attempt: &Attempt, state: DeliveryState) {
+        let answer = attempt.status.map(|s| s.to_string()).or(attempt.error.clone());
         log::info!(
             "job {id}: webhook {} attempt {done}: {}",
             d.event,
-            attempt
-                .status
-                .map(|s| s.to_string())
-                .or(attempt.error.clone())
-                .unwrap_or_default()
+            answer.unwrap_or_default()
         );
         let outcome = match (state, attempt.status) {
             (DeliveryState::Delivered, _) => "delivered",
@@ -183,18 +181,6 @@ impl Webhooks {
             (_, None) => "unreachable",
         };
         self.attempts.with_label_values(&[outcome]).inc();
-        let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
-        store
-            .update(id, |j| {
-                // A retry of the job may have replaced the delivery meanwhile.
-                if let Some(w) = j.webhook.as_mut().filter(|w| w.id == d.id) {
-                    w.attempts.push(attempt.clone());
-                    w.state = state;
-                    w.next_attempt_at = (state == DeliveryState::Pending).then(|| Utc::now() + delay);
-                }
-            })
-            .await?;
-        Ok((state == DeliveryState::Pending).then_some(delay))
     }
 
     /// The delay before the first attempt of a delivery just begun.

@@ -4,11 +4,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 
-/// Decodes a `whsec_...` secret (the prefix is optional) into the HMAC key.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    B64.decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-}
-
 /// `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
@@ -64,7 +59,9 @@ mod tests {
     #[test]
     fn standard_webhooks_test_vector() {
         // docs/webhooks.md: the reference implementation's own test vector.
-        let key = decode_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let key = crate::config::WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+            .unwrap()
+            .key();
         let sig = sign(
             &key,
             "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
@@ -76,7 +73,9 @@ mod tests {
 
     #[test]
     fn verification_checks_signature_time_and_rotation() {
-        let key = decode_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let key = crate::config::WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+            .unwrap()
+            .key();
         let (id, ts, body) = ("msg_1", 1_700_000_000i64, br#"{"a":1}"#);
         let good = sign(&key, id, ts, body);
         let t = ts.to_string();

@@ -3,7 +3,7 @@
 //! retried with exponential backoff.
 
 use crate::app::App;
-use crate::egress::{self, Egress};
+use crate::egress;
 use crate::error::Code;
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
@@ -13,17 +13,6 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-
-/// The HTTP client for image downloads: public addresses only, a few checked redirects, bounded waits.
-pub fn client(egress: &Egress, read_timeout: Duration) -> reqwest::Client {
-    egress
-        .client(5)
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(read_timeout)
-        .user_agent(concat!("meshroom-svc/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("static client settings")
-}
 
 /// Exponential backoff from `[worker]`: `retries` retries from `retry_delay_ms`, doubling.
 pub fn backoff(app: &App) -> ExponentialBuilder {

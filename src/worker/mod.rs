@@ -5,8 +5,7 @@ use crate::app::App;
 use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
 use crate::jobs::{ErrorInfo, Job};
 use crate::queue::Settle;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +15,6 @@ pub mod download;
 mod run;
 
 use run::execute;
-
-/// Cancel handles of the jobs running in this process, by job id.
-pub type CancelHandles = Mutex<HashMap<Uuid, CancellationToken>>;
 
 /// How an attempt ended, short of success.
 #[derive(Debug)]

@@ -5,6 +5,7 @@ use crate::app::App;
 use crate::engine::{self, EngineError};
 use crate::error::Code;
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Summary};
+use crate::pipelines::{Engine, Preset};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,16 +39,7 @@ pub(super) async fn execute(
         r = download::fetch_all(app, job, &images) => r?,
         _ = token.cancelled() => return Err(stopped()),
     }
-    let preset = app.pipelines.get(&job.pipeline).ok_or_else(|| {
-        ErrorInfo::new(
-            Code::UnknownPipeline,
-            format!("pipeline '{}' is not configured", job.pipeline),
-        )
-    })?;
-    let overrides = preset
-        .overrides_with(&job.params)
-        .map_err(|e| ErrorInfo::new(Code::InvalidParam, e.to_string()))?;
-    let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
+    let (preset, overrides, binary) = what_to_run(app, job)?;
     clock.enter(Stage::Reconstructing).await;
     let owner = app.owner();
     let run = engine::Run {
@@ -62,29 +54,7 @@ pub(super) async fn execute(
         grace: Duration::from_secs(app.config.engine.kill_grace_secs),
         config: &app.config.engine,
     };
-    let (progress, writer) = progress_writer(app, job.id);
-    if let Some(ended) = slot.engine_ended.take() {
-        app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
-    }
-    let result = engine::run(preset.engine, &run, token, |p| {
-        let _ = progress.send(p);
-    })
-    .await;
-    slot.engine_ended = Some(Instant::now());
-    drop(progress);
-    let _ = writer.await;
-    // Keep the engine log in storage whatever happened, for GET /jobs/{id}/log.
-    let tail = engine::tail(&run.log_path(), app.config.engine.log_tail_bytes);
-    if let Err(e) = app
-        .files
-        .put_bytes(
-            &Job::key(job.id, "engine.log"),
-            tail.as_deref().unwrap_or("").as_bytes(),
-        )
-        .await
-    {
-        log::warn!("job {}: engine log not stored: {e}", job.id);
-    }
+    let (result, tail) = run_engine(app, slot, token, preset.engine, &run).await;
     let summary = match result {
         Err(EngineError::Canceled) => return Err(stopped()),
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
@@ -95,6 +65,49 @@ pub(super) async fn execute(
         .await
         .map_err(Failure::from)?;
     Ok((results, summary))
+}
+
+/// The preset a job names, its parameters as engine overrides, and the engine's program.
+fn what_to_run<'a>(app: &'a App, job: &Job) -> Result<(&'a Preset, Vec<String>, PathBuf), ErrorInfo> {
+    let preset = app.pipelines.get(&job.pipeline).ok_or_else(|| {
+        ErrorInfo::new(
+            Code::UnknownPipeline,
+            format!("pipeline '{}' is not configured", job.pipeline),
+        )
+    })?;
+    let overrides = preset
+        .overrides_with(&job.params)
+        .map_err(|e| ErrorInfo::new(Code::InvalidParam, e.to_string()))?;
+    let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
+    Ok((preset, overrides, binary))
+}
+
+/// Runs the engine, its progress written to the job as it changes; the tail of its log is kept
+/// in storage whatever happened (for `GET /jobs/{id}/log`) and returned with the result.
+async fn run_engine(
+    app: &Arc<App>,
+    slot: &mut Slot,
+    token: &CancellationToken,
+    which: Engine,
+    run: &engine::Run<'_>,
+) -> (Result<Option<Summary>, EngineError>, Option<String>) {
+    let (progress, writer) = progress_writer(app, run.job);
+    if let Some(ended) = slot.engine_ended.take() {
+        app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
+    }
+    let result = engine::run(which, run, token, |p| {
+        let _ = progress.send(p);
+    })
+    .await;
+    slot.engine_ended = Some(Instant::now());
+    drop(progress);
+    let _ = writer.await;
+    let tail = engine::tail(&run.log_path(), app.config.engine.log_tail_bytes);
+    let log = tail.as_deref().unwrap_or("").as_bytes();
+    if let Err(e) = app.files.put_bytes(&Job::key(run.job, "engine.log"), log).await {
+        log::warn!("job {}: engine log not stored: {e}", run.job);
+    }
+    (result, tail)
 }
 
 /// A channel whose progress reports are written to the job record by a task of their own, so a

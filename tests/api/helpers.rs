@@ -2,8 +2,9 @@
 //! receiver, all on loopback.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use meshroom_svc::app::{start_all_in_one, App};
+use meshroom_svc::app::App;
 use meshroom_svc::config::Config;
+use meshroom_svc::roles::start_all_in_one;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -121,10 +122,10 @@ pub fn test_config(dir: &Path) -> Config {
     c.worker.min_free_bytes = 0;
     c.engine.env = FAKE_VARIABLES.split(',').map(String::from).collect();
     // The fixture servers run on loopback.
-    c.security.allowed_networks = vec!["127.0.0.0/8".into()];
+    c.security.allowed_networks = "127.0.0.0/8".parse().unwrap();
     c.webhook.schedule_secs = vec![0, 1, 1, 1];
     c.webhook.timeout_secs = 2;
-    c.secrets.webhook_secret = Some(SECRET.into());
+    c.secrets.webhook_secret = Some(meshroom_svc::config::WebhookSecret::parse(SECRET).unwrap());
     c
 }
 

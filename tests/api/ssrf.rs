@@ -151,7 +151,11 @@ async fn allowed_server(targets: Vec<String>) -> String {
 async fn internal_addresses_are_never_reached() {
     let trap = Trap::start();
     let p = trap.port;
-    let app = spawn_app_with(|c| c.security.allowed_networks = vec!["127.0.0.2/32".into()], vec![]).await;
+    let app = spawn_app_with(
+        |c| c.security.allowed_networks = "127.0.0.2/32".parse().unwrap(),
+        vec![],
+    )
+    .await;
     let refused_at_submit: Vec<String> = internal_urls(p).into_iter().chain(other_schemes(p)).collect();
     let names = internal_names(p);
     let redirects: Vec<String> = internal_urls(p)

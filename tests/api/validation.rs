@@ -226,7 +226,7 @@ async fn all_in_one_refuses_a_public_address_without_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.server.listen = "0.0.0.0:0".into();
-    let err = meshroom_svc::app::start_all_in_one(config, vec![])
+    let err = meshroom_svc::roles::start_all_in_one(config, vec![])
         .await
         .err()
         .expect("refused");

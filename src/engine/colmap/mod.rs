@@ -12,9 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod parse;
-
-/// The stages, as reported in `progress.node`.
-const STAGES: [&str; 5] = ["FeatureExtraction", "FeatureMatching", "Mapping", "Export", "Meshing"];
+mod steps;
+use steps::{Folders, Step};
 
 /// Meshes the sparse points with Open3D; written next to the job's files when needed.
 const MESHER: &str = include_str!("mesh.py");
@@ -26,60 +25,40 @@ pub async fn run(
     mut on_progress: impl FnMut(Progress),
 ) -> Result<Summary, EngineError> {
     process::kill_job_tree(run.job, None, run.grace).await;
-    let (db, images, sparse, out) = (
-        run.dir.join("colmap.db"),
-        run.dir.join("images"),
-        run.dir.join("sparse"),
-        run.output_dir(),
-    );
-    // A retry starts over: COLMAP keeps no resumable state worth trusting after a crash.
-    let _ = tokio::fs::remove_file(&db).await;
-    let _ = tokio::fs::remove_dir_all(&sparse).await;
-    tokio::fs::create_dir_all(&sparse).await?;
-    tokio::fs::create_dir_all(out.join("sparse")).await?;
-    let image_count = std::fs::read_dir(&images)?.count() as u32;
-    let mut stage = StageRunner {
+    let folders = Folders::prepare(run).await?;
+    let image_count = std::fs::read_dir(&folders.images)?.count() as u32;
+    let mut steps = StageRunner {
         run,
         cancel,
         deadline: Instant::now() + run.timeout,
         report: &mut on_progress,
     };
-
-    let path = |p: &Path| p.display().to_string();
-    let mut args = vec!["feature_extractor".into(), "--database_path".into(), path(&db)];
-    args.extend([
-        "--image_path".into(),
-        path(&images),
-        "--SiftExtraction.use_gpu".into(),
-        "0".into(),
-    ]);
-    stage.checked(0, args, "SiftExtraction.", parse::extraction).await?;
-
-    let args = vec![
-        "exhaustive_matcher".into(),
-        "--database_path".into(),
-        path(&db),
-        "--SiftMatching.use_gpu".into(),
-        "0".into(),
-    ];
-    stage.checked(1, args, "SiftMatching.", parse::matching).await?;
-
-    let mut args = vec![
-        "mapper".into(),
-        "--database_path".into(),
-        path(&db),
-        "--image_path".into(),
-        path(&images),
-    ];
-    args.extend(["--output_path".into(), path(&sparse)]);
+    steps
+        .checked(
+            Step::FeatureExtraction,
+            folders.extract(),
+            "SiftExtraction.",
+            parse::extraction,
+        )
+        .await?;
+    steps
+        .checked(
+            Step::FeatureMatching,
+            folders.match_all(),
+            "SiftMatching.",
+            parse::matching,
+        )
+        .await?;
     let registering = move |line: &str| parse::registering(line, image_count);
-    match stage.command(2, args, "Mapper.", registering).await? {
+    match steps
+        .command(Step::Mapping, folders.map(), "Mapper.", registering)
+        .await?
+    {
         // No model is judged below: mapper exits 1 when no image pair matches.
         Ended::Exited(_) => {}
         other => check(other, "mapper", run)?,
     }
-
-    let (model, mut summary) = stage.best_model(&sparse, image_count).await?;
+    let (model, mut summary) = steps.best_model(&folders.sparse, image_count).await?;
     let needed = run.config.min_registered_images as u32;
     if summary.registered_images < needed {
         let registered = summary.registered_images;
@@ -89,19 +68,11 @@ pub async fn run(
             needed,
         });
     }
-    let ply = out.join("sparse.ply");
-    for (target, kind) in [(path(&ply), "PLY"), (path(&out.join("sparse")), "TXT")] {
-        let args = vec![
-            "model_converter".into(),
-            "--input_path".into(),
-            path(&model),
-            "--output_path".into(),
-            target,
-        ];
-        let args = [args, vec!["--output_type".into(), kind.into()]].concat();
-        stage.checked(3, args, "", |_| None).await?;
+    let ply = folders.out.join("sparse.ply");
+    for args in folders.export(&model, &ply) {
+        steps.checked(Step::Export, args, "", |_| None).await?;
     }
-    summary.mesh = stage.mesh(&ply, &out.join("mesh.ply")).await?;
+    summary.mesh = steps.mesh(&ply, &folders.out.join("mesh.ply")).await?;
     Ok(summary)
 }
 
@@ -122,21 +93,21 @@ impl<F: FnMut(Progress)> StageRunner<'_, '_, F> {
     /// Runs a stage command that must exit 0 (named after its first argument in errors).
     async fn checked(
         &mut self,
-        index: usize,
+        step: Step,
         args: Vec<String>,
         section: &str,
         within: impl Fn(&str) -> Option<f32>,
     ) -> Result<(), EngineError> {
         let program = args[0].clone();
-        let ended = self.command(index, args, section, within).await?;
+        let ended = self.command(step, args, section, within).await?;
         check(ended, &program, self.run)
     }
 
-    /// Runs `colmap ARGS` (plus the job's overrides whose name starts with `section`) as stage
-    /// `index`; `within` reads a line into the fraction of the stage done.
+    /// Runs `colmap ARGS` (plus the job's overrides whose name starts with `section`) as `step`;
+    /// `within` reads a line into the fraction of the step done.
     async fn command(
         &mut self,
-        index: usize,
+        step: Step,
         mut args: Vec<String>,
         section: &str,
         within: impl Fn(&str) -> Option<f32>,
@@ -149,10 +120,10 @@ impl<F: FnMut(Progress)> StageRunner<'_, '_, F> {
         }
         let (run, deadline, cancel) = (self.run, self.deadline, self.cancel);
         let report = &mut *self.report;
-        report(progress(index, 0.0));
+        report(step.progress(0.0));
         supervised(run, deadline, cancel, run.binary, &args, |line| {
             if let Some(done) = within(line) {
-                report(progress(index, done));
+                report(step.progress(done));
             }
         })
         .await
@@ -197,7 +168,7 @@ impl<F: FnMut(Progress)> StageRunner<'_, '_, F> {
     /// Poisson mesh of the sparse points; `false` when it cannot be made here (no Open3D, too
     /// few points), which leaves the job successful with the sparse model.
     async fn mesh(&mut self, points: &Path, mesh: &Path) -> Result<bool, EngineError> {
-        (self.report)(progress(4, 0.0));
+        (self.report)(Step::Meshing.progress(0.0));
         let python = &self.run.config.python;
         if python.is_empty() {
             return Ok(false);
@@ -240,16 +211,6 @@ async fn supervised(
         grace: run.grace,
     };
     Ok(process::supervise(&cmd, deadline, cancel, on_line, || {}).await?)
-}
-
-fn progress(index: usize, within: f32) -> Progress {
-    let count = STAGES.len() as f32;
-    Progress {
-        percent: ((index as f32 + within.clamp(0.0, 1.0)) / count * 100.0).min(99.0),
-        node: Some(STAGES[index].to_string()),
-        node_index: Some(index as u32 + 1),
-        node_count: Some(STAGES.len() as u32),
-    }
 }
 
 /// Which Python meshes COLMAP's points: the configured one when it has Open3D, else Debian's

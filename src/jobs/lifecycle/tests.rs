@@ -10,7 +10,7 @@ async fn setup() -> (Store, Webhooks) {
         &crate::config::WebhookConfig::default(),
         None,
         crate::metrics::Metrics::default().webhook_attempts,
-        &crate::egress::Egress::new(&[]).unwrap(),
+        &crate::egress::Egress::new(&[]),
     );
     (store, hooks)
 }

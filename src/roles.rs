@@ -1,6 +1,6 @@
 //! Starting each role: `all-in-one`, `serve` and `work`.
 
-use super::{App, Role, StartError};
+use crate::app::{outbox, App, Role, StartError};
 use crate::config::{Config, QueueKind, StorageKind};
 use crate::pipelines::Engine;
 use crate::{http, worker};
@@ -163,7 +163,7 @@ fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     // A publish to an in-memory queue cannot fail, and `recover` refills it at start.
     if !app.queue.held_in_memory() {
-        tasks.push(tokio::spawn(super::outbox::run(app.clone())));
+        tasks.push(tokio::spawn(outbox::run(app.clone())));
     }
     let app = app.clone();
     tasks.push(tokio::spawn(async move {
