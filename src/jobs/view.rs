@@ -4,13 +4,15 @@
 
 use super::{Delivery, ErrorInfo, Job, Priority, Progress, ResultFile, Stage, Status, Summary, Upload};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// A reconstruction job: what was asked, where it is, and what came out.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+/// A reconstruction job: what was asked, where it is, and what came out. Clients (and the
+/// tests) can read an answer back into it: unknown fields are refused, so it is the whole answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(as = Job)]
 pub struct JobView {
     /// UUIDv7: ids sort by creation time.

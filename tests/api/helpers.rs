@@ -4,6 +4,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use meshroom_svc::app::App;
 use meshroom_svc::config::Config;
+use meshroom_svc::jobs::JobView;
 use meshroom_svc::roles::start_all_in_one;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -244,7 +245,25 @@ impl Api {
     pub async fn job(&self, id: &str) -> Value {
         let resp = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(resp.status(), 200);
-        resp.json().await.unwrap()
+        let job: Value = resp.json().await.unwrap();
+        // Every answer read is also the API's own type, field for field (no unknown field).
+        if let Err(e) = serde_json::from_value::<JobView>(job.clone()) {
+            panic!("GET /jobs/{id} is not a JobView ({e}): {job:#}");
+        }
+        job
+    }
+
+    /// Polls until `pred` holds for the typed job, or panics after `secs`.
+    pub async fn wait_until(&self, id: &str, secs: u64, pred: impl Fn(&JobView) -> bool) -> JobView {
+        let job = self
+            .wait_for(id, secs, |j| pred(&serde_json::from_value(j.clone()).unwrap()))
+            .await;
+        serde_json::from_value(job).unwrap()
+    }
+
+    /// Polls until the job is final; typed.
+    pub async fn finished(&self, id: &str, secs: u64) -> JobView {
+        self.wait_until(id, secs, |j| j.status.is_final()).await
     }
 
     /// Polls until `pred` holds for the job, or panics after `secs`.

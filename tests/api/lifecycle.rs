@@ -1,6 +1,8 @@
 //! The job lifecycle end to end: submit, progress, success, failure, timeout, cancel, retry, delete.
 
 use crate::helpers::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::jobs::{DeliveryState, JobView, Stage, Status};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -20,31 +22,27 @@ async fn submit_by_url_succeeds_with_downloadable_files() {
         .to_str()
         .unwrap()
         .starts_with("/api/v1/jobs/"));
-    let job: Value = resp.json().await.unwrap();
-    assert_eq!(job["status"], "enqueued");
-    assert_eq!(job["pipeline"], "draft", "no GPU: the default preset is draft");
-    let id = job["id"].as_str().unwrap();
+    let job: JobView = resp.json().await.unwrap();
+    assert_eq!(job.status, Status::Enqueued);
+    assert_eq!(job.pipeline, "draft", "no GPU: the default preset is draft");
+    let id = job.id.to_string();
+    let id = id.as_str();
 
-    let job = app.wait_final(id, 30).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(job["progress"]["percent"], 100.0);
-    assert_eq!(job["metadata"]["order"], 42);
-    let names: Vec<&str> = job["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let job = app.finished(id, 30).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    assert_eq!(job.progress.percent, 100.0);
+    assert_eq!(job.metadata, Some(json!({"order": 42})));
+    let names: Vec<&str> = job.results.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["texture_1001.png", "texturedMesh.mtl", "texturedMesh.obj"]);
 
     // Download a result, whole and by range.
-    let obj = result(&job, "texturedMesh.obj");
-    let body = app.get(obj["url"].as_str().unwrap()).await.text().await.unwrap();
+    let obj = job.results.iter().find(|r| r.name == "texturedMesh.obj").unwrap();
+    let body = app.get(&obj.url).await.text().await.unwrap();
     assert!(body.starts_with("mtllib texturedMesh.mtl"));
-    assert_eq!(body.len() as u64, obj["size"].as_u64().unwrap());
+    assert_eq!(body.len() as u64, obj.size);
     let part = app
         .client
-        .get(app.url(obj["url"].as_str().unwrap()))
+        .get(app.url(&obj.url))
         .header("range", "bytes=0-5")
         .send()
         .await
@@ -70,7 +68,10 @@ async fn submit_by_url_succeeds_with_downloadable_files() {
     assert!(log.contains("[10/10] Publish"), "{log}");
     assert!(!app.app.work_dir(id.parse().unwrap()).exists());
 
-    app.wait_for(id, 10, |j| j["webhook"]["state"] == "delivered").await;
+    app.wait_until(id, 10, |j| {
+        j.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Delivered)
+    })
+    .await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     for line in [
         "meshroom_jobs_submitted_total 1",
@@ -96,12 +97,12 @@ async fn submit_by_upload_succeeds() {
         )
         .await;
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let job: Value = resp.json().await.unwrap();
-    assert_eq!(job["uploads"][0]["name"], "0000_a.jpg");
-    assert_eq!(job["uploads"][1]["size"], photo(1).len());
-    assert_eq!(job["params"]["Texturing:textureSide"], "2048");
-    let job = app.wait_final(job["id"].as_str().unwrap(), 30).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job: JobView = resp.json().await.unwrap();
+    assert_eq!(job.uploads[0].name, "0000_a.jpg");
+    assert_eq!(job.uploads[1].size, photo(1).len() as u64);
+    assert_eq!(job.params["Texturing:textureSide"], "2048");
+    let job = app.finished(&job.id.to_string(), 30).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     let argv = app.invocations()[0]["argv"].to_string();
     assert!(argv.contains("Texturing:textureSide=2048"), "{argv}");
     // Nothing left in the upload staging folder.
@@ -117,14 +118,14 @@ async fn progress_is_visible_while_running() {
         .submit(json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
     let running = app
-        .wait_for(&id, 30, |j| {
-            j["stage"] == "reconstructing" && j["progress"]["node_index"].as_u64() >= Some(2)
+        .wait_until(&id, 30, |j| {
+            j.stage == Some(Stage::Reconstructing) && j.progress.node_index >= Some(2)
         })
         .await;
-    assert_eq!(running["status"], "processing");
-    assert_eq!(running["progress"]["node_count"], 10);
-    assert!(running["progress"]["node"].as_str().unwrap().ends_with("_1"));
-    let percent = running["progress"]["percent"].as_f64().unwrap();
+    assert_eq!(running.status, Status::Processing);
+    assert_eq!(running.progress.node_count, Some(10));
+    assert!(running.progress.node.as_deref().unwrap().ends_with("_1"));
+    let percent = running.progress.percent;
     assert!(percent > 0.0 && percent < 100.0, "{percent}");
     // The fake block-buffers its stdout like the real frozen tool: the lines still arrive live,
     // as the engine runs on a terminal.
@@ -141,14 +142,12 @@ async fn engine_failure_fails_the_job_with_code_and_log_tail() {
     let id = app
         .submit(json!({"image_urls": [edge.add(&Fake::Fail.image(), photo(0))]}))
         .await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "engine_failed");
-    assert!(
-        job["error"]["message"].as_str().unwrap().contains("FeatureMatching_1"),
-        "{job:#}"
-    );
-    assert!(job["log_tail"].as_str().unwrap().contains("no matches"), "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Failed);
+    let error = job.error.as_ref().unwrap();
+    assert_eq!(error.code, Code::EngineFailed);
+    assert!(error.message.contains("FeatureMatching_1"), "{job:#?}");
+    assert!(job.log_tail.as_deref().unwrap().contains("no matches"), "{job:#?}");
 }
 
 #[tokio::test]
@@ -181,8 +180,8 @@ async fn missing_outputs_fail_the_job() {
     let id = app
         .submit(json!({"image_urls": [edge.add(&Fake::NoOutput.image(), photo(0))]}))
         .await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["error"]["code"], "engine_output_missing", "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.error.unwrap().code, Code::EngineOutputMissing);
 }
 
 #[tokio::test]
@@ -202,9 +201,9 @@ async fn timeout_kills_the_whole_tree() {
     .await;
     let tree = seen.into_inner();
     assert!(tree.len() >= 3, "{tree:?}");
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "engine_timeout");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Failed);
+    assert_eq!(job.error.unwrap().code, Code::EngineTimeout);
     assert_eq!(
         job_processes(&id),
         Vec::<i32>::new(),
@@ -224,8 +223,8 @@ async fn cancel_while_running_kills_every_process() {
     let tree = process_tree(&job_processes(&id));
     let resp = app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
     assert_eq!(resp.status(), 202);
-    let job = app.wait_final(&id, 20).await;
-    assert_eq!(job["status"], "canceled");
+    let job = app.finished(&id, 20).await;
+    assert_eq!(job.status, Status::Canceled);
     assert_eq!(job_processes(&id), Vec::<i32>::new());
     assert_eq!(still_running(&tree), Vec::<i32>::new(), "by parent and session too");
     let hooks = edge.wait_hooks(1, 10).await;
@@ -245,7 +244,7 @@ async fn cancel_while_queued_never_runs_the_engine() {
     let queued = app.submit(json!({"image_urls": [edge.add("ok.jpg", photo(1))]})).await;
     let resp = app.post(&format!("/api/v1/jobs/{queued}/cancel")).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.json::<Value>().await.unwrap()["status"], "canceled");
+    assert_eq!(resp.json::<JobView>().await.unwrap().status, Status::Canceled);
     app.post(&format!("/api/v1/jobs/{blocker}/cancel")).await;
     app.wait_final(&blocker, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
