@@ -147,15 +147,15 @@ impl Run<'_> {
 }
 
 /// Runs a preset's engine to the end; COLMAP runs also return a summary of the model.
-pub async fn run(
+pub async fn reconstruct(
     engine: Engine,
     run: &Run<'_>,
     cancel: &CancellationToken,
     on_progress: impl FnMut(Progress),
 ) -> Result<Option<Summary>, EngineError> {
     match engine {
-        Engine::Meshroom => meshroom::run(run, cancel, on_progress).await.map(|()| None),
-        Engine::Colmap => colmap::run(run, cancel, on_progress).await.map(Some),
+        Engine::Meshroom => meshroom::reconstruct(run, cancel, on_progress).await.map(|()| None),
+        Engine::Colmap => colmap::reconstruct(run, cancel, on_progress).await.map(Some),
     }
 }
 

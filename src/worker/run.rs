@@ -35,8 +35,9 @@ pub(super) async fn execute(
         since: Instant::now(),
     };
     tokio::fs::create_dir_all(&images).await.map_err(io)?;
+    let fetcher = download::Fetcher::from(&**app);
     tokio::select! {
-        r = download::fetch_all(app, job, &images) => r?,
+        r = fetcher.fetch_all(job, &images) => r?,
         _ = token.cancelled() => return Err(stopped()),
     }
     let (preset, overrides, binary) = what_to_run(app, job)?;
@@ -95,7 +96,7 @@ async fn run_engine(
     if let Some(ended) = slot.engine_ended.take() {
         app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
     }
-    let result = engine::run(which, run, token, |p| {
+    let result = engine::reconstruct(which, run, token, |p| {
         let _ = progress.send(p);
     })
     .await;
@@ -172,7 +173,7 @@ async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultF
         let key = Job::key(id, &format!("results/{name}"));
         // Copied, not moved: if this attempt dies half-way, the next one still has every file.
         let size = (|| app.files.put_file(&key, &path))
-            .retry(download::backoff(app))
+            .retry(download::backoff(&app.config.worker))
             .notify(|e, wait| log::warn!("job {id}: result {name} not stored ({e}); retry in {wait:?}"))
             .await
             .map_err(|e| ErrorInfo::new(Code::StorageError, e.to_string()))?;

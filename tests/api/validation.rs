@@ -1,13 +1,18 @@
 //! Bad input gets a 4xx with the `{error: {message, code}}` shape; auth; idempotency; service routes.
 
 use crate::helpers::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::http::ErrorBody;
+use meshroom_svc::jobs::Status;
 use serde_json::{json, Value};
 
-async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
+/// The answer has this status and, in the one error shape, this code and a message.
+async fn expect_error(resp: reqwest::Response, status: u16, code: Code) {
     assert_eq!(resp.status(), status, "expected {code}");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    let text = resp.text().await.unwrap();
+    let body: ErrorBody = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not the error shape ({e}): {text}"));
+    assert_eq!(body.error.code, code, "{text}");
+    assert!(!body.error.message.is_empty());
 }
 
 #[tokio::test]
@@ -15,46 +20,58 @@ async fn json_submits_are_checked() {
     let app = spawn_app_with(|c| c.limits.max_images = 2, vec![]).await;
     let ok = "http://127.0.0.1:1/a.jpg";
     let cases = [
-        (json!({}), 400, "invalid_json"),
-        (json!({"image_urls": []}), 400, "no_images"),
-        (json!({"image_urls": ["ftp://x/a.jpg"]}), 400, "invalid_image_url"),
-        (json!({"image_urls": ["file:///etc/passwd"]}), 400, "invalid_image_url"),
-        (json!({"image_urls": ["not a url"]}), 400, "invalid_image_url"),
+        (json!({}), 400, Code::InvalidJson),
+        (json!({"image_urls": []}), 400, Code::NoImages),
+        (json!({"image_urls": ["ftp://x/a.jpg"]}), 400, Code::InvalidImageUrl),
+        (
+            json!({"image_urls": ["file:///etc/passwd"]}),
+            400,
+            Code::InvalidImageUrl,
+        ),
+        (json!({"image_urls": ["not a url"]}), 400, Code::InvalidImageUrl),
         (
             json!({"image_urls": [ok], "callback_url": "javascript:alert(1)"}),
             400,
-            "invalid_callback_url",
+            Code::InvalidCallbackUrl,
         ),
-        (json!({"image_urls": [ok, ok, ok]}), 413, "too_many_images"),
-        (json!({"image_urls": [ok], "pipeline": "nope"}), 400, "unknown_pipeline"),
+        (json!({"image_urls": [ok, ok, ok]}), 413, Code::TooManyImages),
+        (
+            json!({"image_urls": [ok], "pipeline": "nope"}),
+            400,
+            Code::UnknownPipeline,
+        ),
         (
             json!({"image_urls": [ok], "pipeline": "default"}),
             422,
-            "gpu_unavailable",
+            Code::GpuUnavailable,
         ),
         (
             json!({"image_urls": [ok], "params": {"DepthMap:downscale": 1}}),
             400,
-            "param_not_allowed",
+            Code::ParamNotAllowed,
         ),
         (
             json!({"image_urls": [ok], "params": {"Texturing:textureSide": [1]}}),
             400,
-            "invalid_param",
+            Code::InvalidParam,
         ),
         (
             json!({"image_urls": [ok], "params": {"Texturing:textureSide": 3000}}),
             400,
-            "invalid_param",
+            Code::InvalidParam,
         ),
         (
             json!({"image_urls": [ok], "params": {"Meshing:maxPoints": "{Texturing_1.textureSide}"}}),
             400,
-            "invalid_param",
+            Code::InvalidParam,
         ),
-        (json!({"image_urls": [ok], "timeout_secs": 0}), 400, "invalid_timeout"),
-        (json!({"image_urls": [ok], "surprise": true}), 400, "invalid_json"),
-        (json!({"image_urls": "http://x/a.jpg"}), 400, "invalid_json"),
+        (
+            json!({"image_urls": [ok], "timeout_secs": 0}),
+            400,
+            Code::InvalidTimeout,
+        ),
+        (json!({"image_urls": [ok], "surprise": true}), 400, Code::InvalidJson),
+        (json!({"image_urls": "http://x/a.jpg"}), 400, Code::InvalidJson),
     ];
     for (body, status, code) in cases {
         expect_error(app.post_json("/api/v1/jobs", &body).await, status, code).await;
@@ -80,16 +97,16 @@ async fn json_submits_are_checked() {
         .header("content-type", "application/json")
         .body("{")
         .send();
-    expect_error(resp.await.unwrap(), 400, "invalid_json").await;
+    expect_error(resp.await.unwrap(), 400, Code::InvalidJson).await;
     let resp = app
         .client
         .post(app.url("/api/v1/jobs"))
         .header("content-type", "text/plain")
         .body("hi")
         .send();
-    expect_error(resp.await.unwrap(), 415, "unsupported_media_type").await;
+    expect_error(resp.await.unwrap(), 415, Code::UnsupportedMediaType).await;
     let big = json!({"image_urls": [ok], "metadata": "x".repeat(2 << 20)});
-    expect_error(app.post_json("/api/v1/jobs", &big).await, 413, "payload_too_large").await;
+    expect_error(app.post_json("/api/v1/jobs", &big).await, 413, Code::PayloadTooLarge).await;
     // Nothing was stored.
     let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
@@ -111,36 +128,36 @@ async fn uploads_are_checked_by_content_and_size() {
     expect_error(
         app.upload(vec![("x.jpg", html)], &[]).await,
         415,
-        "unsupported_image_type",
+        Code::UnsupportedImageType,
     )
     .await;
     let pdf = b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n".to_vec();
     expect_error(
         app.upload(vec![("x.jpg", pdf)], &[]).await,
         415,
-        "unsupported_image_type",
+        Code::UnsupportedImageType,
     )
     .await;
     let mut over = photo(0);
     over.push(0);
-    expect_error(app.upload(vec![("big.jpg", over)], &[]).await, 413, "image_too_large").await;
+    expect_error(app.upload(vec![("big.jpg", over)], &[]).await, 413, Code::ImageTooLarge).await;
     let three = vec![("a.png", tiny_png()), ("b.png", tiny_png()), ("c.png", tiny_png())];
-    expect_error(app.upload(three, &[]).await, 413, "too_many_images").await;
+    expect_error(app.upload(three, &[]).await, 413, Code::TooManyImages).await;
     let two = vec![("a.jpg", photo(0)), ("b.jpg", photo(0))];
-    expect_error(app.upload(two, &[]).await, 413, "images_too_large").await;
+    expect_error(app.upload(two, &[]).await, 413, Code::ImagesTooLarge).await;
     expect_error(
         app.upload(vec![("a.jpg", photo(0))], &[("colour", "red")]).await,
         400,
-        "unknown_field",
+        Code::UnknownField,
     )
     .await;
     expect_error(
         app.upload(vec![("a.jpg", photo(0))], &[("params", "{")]).await,
         400,
-        "invalid_json",
+        Code::InvalidJson,
     )
     .await;
-    expect_error(app.upload(vec![], &[("metadata", "{}")]).await, 400, "no_images").await;
+    expect_error(app.upload(vec![], &[("metadata", "{}")]).await, 400, Code::NoImages).await;
     // Nothing left behind: no job, no staged file.
     let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
@@ -156,24 +173,29 @@ async fn uploads_are_checked_by_content_and_size() {
 async fn unknown_ids_routes_and_queries_are_4xx() {
     let app = spawn_app().await;
     let missing = uuid::Uuid::now_v7();
-    expect_error(app.get(&format!("/api/v1/jobs/{missing}")).await, 404, "job_not_found").await;
-    expect_error(app.get("/api/v1/jobs/not-a-uuid").await, 404, "job_not_found").await;
+    expect_error(
+        app.get(&format!("/api/v1/jobs/{missing}")).await,
+        404,
+        Code::JobNotFound,
+    )
+    .await;
+    expect_error(app.get("/api/v1/jobs/not-a-uuid").await, 404, Code::JobNotFound).await;
     expect_error(
         app.post(&format!("/api/v1/jobs/{missing}/cancel")).await,
         404,
-        "job_not_found",
+        Code::JobNotFound,
     )
     .await;
     expect_error(
         app.get(&format!("/api/v1/jobs/{missing}/files/x.obj")).await,
         404,
-        "job_not_found",
+        Code::JobNotFound,
     )
     .await;
-    expect_error(app.get("/api/v1/jobs?status=done").await, 400, "invalid_query").await;
-    expect_error(app.get("/api/v1/jobs?limit=0").await, 400, "invalid_query").await;
-    expect_error(app.get("/api/v1/jobs?cursor=zzz").await, 400, "invalid_query").await;
-    expect_error(app.get("/api/v2/nothing").await, 404, "not_found").await;
+    expect_error(app.get("/api/v1/jobs?status=done").await, 400, Code::InvalidQuery).await;
+    expect_error(app.get("/api/v1/jobs?limit=0").await, 400, Code::InvalidQuery).await;
+    expect_error(app.get("/api/v1/jobs?cursor=zzz").await, 400, Code::InvalidQuery).await;
+    expect_error(app.get("/api/v2/nothing").await, 404, Code::NotFound).await;
 }
 
 #[tokio::test]
@@ -197,7 +219,7 @@ async fn api_keys_guard_every_job_route_but_not_health() {
         ("GET", format!("/api/v1/jobs/{id}/files/a.obj")),
     ] {
         let req = plain.request(method.parse().unwrap(), app.url(&path));
-        expect_error(req.send().await.unwrap(), 401, "missing_api_key").await;
+        expect_error(req.send().await.unwrap(), 401, Code::MissingApiKey).await;
         let req = plain
             .request(method.parse().unwrap(), app.url(&path))
             .header("x-api-key", "key-three");
@@ -314,38 +336,38 @@ async fn hostile_images_are_refused_as_uploads_and_as_urls() {
     let jpeg = photo(0);
     let mut zip_after = jpeg.clone();
     zip_after.extend_from_slice(b"PK\x03\x04\x14\0\0\0\x08\0evil.sh#!/bin/sh\nrm -rf /\nPK\x05\x06");
-    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("bomb.jpg", pixel_bomb(), 413, "image_too_many_pixels"),
-        ("cut.jpg", jpeg[..jpeg.len() / 2].to_vec(), 400, "invalid_image"),
-        ("polyglot.jpg", zip_after, 400, "invalid_image"),
+    let cases: Vec<(&str, Vec<u8>, u16, Code)> = vec![
+        ("bomb.jpg", pixel_bomb(), 413, Code::ImageTooManyPixels),
+        ("cut.jpg", jpeg[..jpeg.len() / 2].to_vec(), 400, Code::InvalidImage),
+        ("polyglot.jpg", zip_after, 400, Code::InvalidImage),
         (
             "page.jpg",
             b"<!DOCTYPE html><html><body>hi</body></html>".to_vec(),
             415,
-            "unsupported_image_type",
+            Code::UnsupportedImageType,
         ),
         (
             "vector.jpg",
             b"<svg xmlns='http://www.w3.org/2000/svg'><script>1</script></svg>".to_vec(),
             415,
-            "unsupported_image_type",
+            Code::UnsupportedImageType,
         ),
         (
             "doc.jpg",
             b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF".to_vec(),
             415,
-            "unsupported_image_type",
+            Code::UnsupportedImageType,
         ),
         (
             "magic.jpg",
             b"\xFF\xD8\xFF\xE0<script>alert(1)</script>\xFF\xD9".to_vec(),
             400,
-            "invalid_image",
+            Code::InvalidImage,
         ),
     ];
     for (name, bytes, status, code) in &cases {
         let started = std::time::Instant::now();
-        expect_error(app.upload(vec![(name, bytes.clone())], &[]).await, *status, code).await;
+        expect_error(app.upload(vec![(name, bytes.clone())], &[]).await, *status, *code).await;
         assert!(
             started.elapsed() < std::time::Duration::from_secs(1),
             "{name} took {:?}",
@@ -353,10 +375,10 @@ async fn hostile_images_are_refused_as_uploads_and_as_urls() {
         );
         // The same bytes behind a URL fail the job with the same code.
         let id = app.submit(json!({"image_urls": [edge.add(name, bytes.clone())]})).await;
-        let job = app.wait_final(&id, 30).await;
+        let job = app.finished(&id, 30).await;
         assert_eq!(
-            (job["status"].as_str(), job["error"]["code"].as_str()),
-            (Some("failed"), Some(*code)),
+            (job.status, job.error.map(|e| e.code)),
+            (Status::Failed, Some(*code)),
             "{name}"
         );
     }

@@ -19,7 +19,7 @@ use steps::{Folders, Step};
 const MESHER: &str = include_str!("mesh.py");
 
 /// Runs every stage; returns what the model holds.
-pub async fn run(
+pub async fn reconstruct(
     run: &Run<'_>,
     cancel: &CancellationToken,
     mut on_progress: impl FnMut(Progress),

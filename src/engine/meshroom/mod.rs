@@ -34,7 +34,7 @@ fn args(run: &Run<'_>, resume: bool) -> Vec<String> {
 }
 
 /// Runs the engine to the end, reporting progress as it changes.
-pub async fn run(
+pub async fn reconstruct(
     run: &Run<'_>,
     cancel: &CancellationToken,
     mut on_progress: impl FnMut(Progress),
