@@ -82,13 +82,14 @@ pub(super) enum View {
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct JobPage {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobPage {
     /// The jobs.
-    jobs: Vec<JobView>,
+    pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<Uuid>,
+    pub next_cursor: Option<Uuid>,
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),

@@ -26,6 +26,7 @@ pub mod request_log;
 mod staging;
 mod submit;
 
+pub use jobs::JobPage;
 pub use staging::spawn_sweep as spawn_staging_sweep;
 
 /// An API error: the `{message, code}` shape; the code gives the HTTP status.

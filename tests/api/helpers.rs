@@ -291,6 +291,11 @@ impl Api {
     }
 }
 
+/// A predicate for `wait_until`: the job's webhook delivery is in this state.
+pub fn webhook_is(state: meshroom_svc::jobs::DeliveryState) -> impl Fn(&JobView) -> bool {
+    move |j| j.webhook.as_ref().is_some_and(|w| w.state == state)
+}
+
 /// The entry of a job's `results` with this name.
 pub fn result<'a>(job: &'a Value, name: &str) -> &'a Value {
     let results = job["results"].as_array().expect("results");

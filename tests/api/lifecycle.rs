@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use meshroom_svc::error::Code;
+use meshroom_svc::http::JobPage;
 use meshroom_svc::jobs::{DeliveryState, JobView, Stage, Status};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -258,19 +259,19 @@ async fn transient_download_failures_are_retried_and_permanent_ones_are_not() {
     let flaky = edge.add("flaky.jpg", photo(0));
     edge.fail_next("flaky.jpg", 2);
     let id = app.submit(json!({"image_urls": [flaky]})).await;
-    assert_eq!(app.wait_final(&id, 30).await["status"], "succeeded");
+    assert_eq!(app.finished(&id, 30).await.status, Status::Succeeded);
     assert_eq!(edge.requests.lock().unwrap()["flaky.jpg"], 3, "two 503s, then the file");
 
     let missing = format!("{}/files/missing.jpg", edge.base);
     let id = app.submit(json!({"image_urls": [missing]})).await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["error"]["code"], "download_failed");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.error.unwrap().code, Code::DownloadFailed);
     assert_eq!(edge.requests.lock().unwrap()["missing.jpg"], 1, "a 404 is not retried");
 
     edge.fail_next("flaky.jpg", 10);
     let id = app.submit(json!({"image_urls": [flaky]})).await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["error"]["code"], "download_failed", "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.error.unwrap().code, Code::DownloadFailed);
     assert_eq!(
         edge.requests.lock().unwrap()["flaky.jpg"],
         3 + 4,
@@ -289,10 +290,10 @@ async fn retry_runs_a_failed_job_again() {
     assert_eq!(job["error"]["code"], "download_failed", "{job:#}");
     assert_eq!(app.post(&format!("/api/v1/jobs/{id}/retry")).await.status(), 202);
     edge.add("late.jpg", photo(0));
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(job["attempts"], 2);
-    assert!(job["error"].is_null());
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.error, None);
     // Only failed or canceled jobs are retried.
     assert_eq!(app.post(&format!("/api/v1/jobs/{id}/retry")).await.status(), 409);
 }
@@ -301,7 +302,7 @@ async fn retry_runs_a_failed_job_again() {
 async fn delete_removes_the_job_and_its_files() {
     let app = spawn_app().await;
     let resp = app.upload(vec![("a.jpg", photo(0))], &[]).await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<JobView>().await.unwrap().id.to_string();
     app.wait_final(&id, 30).await;
     let folder = app.app.config.server.data_dir.join("store/jobs").join(&id);
     assert!(folder.exists());
@@ -322,27 +323,22 @@ async fn list_is_newest_first_and_paginated() {
     for id in &ids {
         app.wait_final(id, 30).await;
     }
-    let page: Value = app.get("/api/v1/jobs?limit=2").await.json().await.unwrap();
-    let got: Vec<&str> = page["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap())
-        .collect();
+    let page: JobPage = app.get("/api/v1/jobs?limit=2").await.json().await.unwrap();
+    let got: Vec<String> = page.jobs.iter().map(|j| j.id.to_string()).collect();
     assert_eq!(got, [ids[4].as_str(), ids[3].as_str()]);
-    let cursor = page["next_cursor"].as_str().unwrap();
-    let page: Value = app
+    let cursor = page.next_cursor.unwrap();
+    let page: JobPage = app
         .get(&format!("/api/v1/jobs?limit=3&cursor={cursor}"))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
-    assert!(page["next_cursor"].is_null());
-    let failed: Value = app.get("/api/v1/jobs?status=failed").await.json().await.unwrap();
-    assert_eq!(failed["jobs"].as_array().unwrap().len(), 5);
-    let none: Value = app.get("/api/v1/jobs?status=succeeded").await.json().await.unwrap();
-    assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+    assert_eq!(page.jobs.len(), 3);
+    assert_eq!(page.next_cursor, None);
+    let failed: JobPage = app.get("/api/v1/jobs?status=failed").await.json().await.unwrap();
+    assert_eq!(failed.jobs.len(), 5);
+    let none: JobPage = app.get("/api/v1/jobs?status=succeeded").await.json().await.unwrap();
+    assert_eq!(none.jobs.len(), 0);
 }
 
 #[tokio::test]
@@ -401,6 +397,6 @@ async fn a_missing_engine_fails_jobs_clearly_and_shows_in_ready() {
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("meshroom_batch not found"));
     let id = app.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["error"]["code"], "engine_not_found", "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.error.unwrap().code, Code::EngineNotFound);
 }

@@ -1,6 +1,7 @@
 //! Webhooks: Standard Webhooks signatures, retries with one id, 410, redirects.
 
 use crate::helpers::*;
+use meshroom_svc::jobs::DeliveryState::{Delivered, Failed, Gone};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -31,15 +32,11 @@ async fn signed_and_retried_until_delivered_with_one_id() {
     assert_eq!(payload["id"], id.as_str());
     assert_eq!(payload["metadata"]["k"], 1);
     assert_eq!(payload["results"].as_array().unwrap().len(), 3);
-    let job = app.wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered").await;
-    let statuses: Vec<u64> = job["webhook"]["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["status"].as_u64().unwrap())
-        .collect();
-    assert_eq!(statuses, [503, 503, 503, 200]);
-    assert!(job["webhook"]["next_attempt_at"].is_null());
+    let job = app.wait_until(&id, 10, webhook_is(Delivered)).await;
+    let webhook = job.webhook.unwrap();
+    let statuses: Vec<Option<u16>> = webhook.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(503), Some(503), Some(503), Some(200)]);
+    assert_eq!(webhook.next_attempt_at, None);
 }
 
 #[tokio::test]
@@ -51,15 +48,15 @@ async fn gone_stops_and_redirects_are_not_followed() {
     let id = app
         .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
         .await;
-    let job = app.wait_for(&id, 20, |j| j["webhook"]["state"] == "gone").await;
-    assert_eq!(job["webhook"]["event"], "job.failed");
-    assert_eq!(job["webhook"]["attempts"].as_array().unwrap().len(), 1);
+    let webhook = app.wait_until(&id, 20, webhook_is(Gone)).await.webhook.unwrap();
+    assert_eq!(webhook.event, "job.failed");
+    assert_eq!(webhook.attempts.len(), 1);
     // The endpoint said it is gone: a later job sends it nothing.
     let later = app
         .submit(json!({"image_urls": [url], "callback_url": edge.hook_url()}))
         .await;
-    let job = app.wait_for(&later, 20, |j| j["webhook"]["state"] == "gone").await;
-    assert!(job["webhook"]["attempts"].as_array().unwrap().is_empty(), "{job:#}");
+    let webhook = app.wait_until(&later, 20, webhook_is(Gone)).await.webhook.unwrap();
+    assert!(webhook.attempts.is_empty(), "{webhook:#?}");
     assert_eq!(edge.hooks().len(), 1);
 
     edge.answer_hooks_with(&[302, 302, 302, 302]);
@@ -67,12 +64,16 @@ async fn gone_stops_and_redirects_are_not_followed() {
     let id = app
         .submit(json!({"image_urls": [url], "callback_url": other_endpoint}))
         .await;
-    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
-    let attempts = job["webhook"]["attempts"].as_array().unwrap();
+    let attempts = app
+        .wait_until(&id, 30, webhook_is(Failed))
+        .await
+        .webhook
+        .unwrap()
+        .attempts;
     assert_eq!(attempts.len(), 4, "the configured schedule has 4 attempts");
     assert!(attempts
         .iter()
-        .all(|a| a["status"] == 302 && a["error"] == "redirect not followed"));
+        .all(|a| a.status == Some(302) && a.error.as_deref() == Some("redirect not followed")));
     assert_eq!(edge.hooks().len(), 5);
 }
 
@@ -83,10 +84,14 @@ async fn an_unreachable_receiver_is_retried_then_given_up() {
     // Nothing listens on port 9 of loopback (discard): connection refused at every attempt.
     let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": "http://127.0.0.1:9/hook"});
     let id = app.submit(body).await;
-    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
-    let attempts = job["webhook"]["attempts"].as_array().unwrap();
+    let attempts = app
+        .wait_until(&id, 30, webhook_is(Failed))
+        .await
+        .webhook
+        .unwrap()
+        .attempts;
     assert_eq!(attempts.len(), 4);
-    assert!(attempts.iter().all(|a| a["status"].is_null() && a["error"].is_string()));
+    assert!(attempts.iter().all(|a| a.status.is_none() && a.error.is_some()));
 }
 
 #[tokio::test]
@@ -97,14 +102,18 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()});
     let id = app.submit(body).await;
     // webhook.timeout_secs is 2 in the tests: two attempts time out, the third is answered.
-    let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "delivered").await;
-    let attempts = job["webhook"]["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 3, "{job:#}");
+    let attempts = app
+        .wait_until(&id, 30, webhook_is(Delivered))
+        .await
+        .webhook
+        .unwrap()
+        .attempts;
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
     assert!(
         attempts[..2]
             .iter()
-            .all(|a| a["error"] == "timed out" && a["status"].is_null()),
-        "{job:#}"
+            .all(|a| a.error.as_deref() == Some("timed out") && a.status.is_none()),
+        "{attempts:#?}"
     );
-    assert_eq!(attempts[2]["status"], 200);
+    assert_eq!(attempts[2].status, Some(200));
 }
