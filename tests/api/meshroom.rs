@@ -2,6 +2,8 @@
 
 use crate::helpers::*;
 use crate::procs::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::jobs::Status;
 use serde_json::json;
 
 #[tokio::test]
@@ -24,8 +26,8 @@ async fn engines_never_see_the_services_secrets() {
         .api()
         .submit(json!({"image_urls": [edge.add("p.jpg", photo(0))]}))
         .await;
-    let job = proc.api().wait_final(&id, 30).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job = proc.api().finished(&id, 30).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     let runs = invocations(dir.path());
     let names: Vec<&str> = runs[0]["env"]
         .as_array()
@@ -98,8 +100,8 @@ async fn every_preset_and_parameter_is_accepted_by_the_engine() {
     }
     assert!(ids.len() >= 3, "{ids:?}");
     for (name, id) in ids {
-        let job = app.wait_final(&id, 60).await;
-        assert_eq!(job["status"], "succeeded", "preset {name}: {job:#}");
+        let job = app.finished(&id, 60).await;
+        assert_eq!(job.status, Status::Succeeded, "preset {name}: {job:#?}");
     }
 }
 
@@ -125,8 +127,8 @@ async fn a_bad_override_fails_the_job_with_the_engines_message() {
     let id = app
         .submit(json!({"image_urls": [edge.add("p.jpg", photo(0))], "pipeline": "typo"}))
         .await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "engine_failed", "{job:#}");
-    assert!(job["log_tail"].as_str().unwrap().contains("textureSize"), "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Failed);
+    assert_eq!(job.error.as_ref().unwrap().code, Code::EngineFailed, "{job:#?}");
+    assert!(job.log_tail.as_deref().unwrap().contains("textureSize"), "{job:#?}");
 }

@@ -2,6 +2,7 @@
 
 use crate::helpers::*;
 use crate::procs::*;
+use meshroom_svc::jobs::{DeliveryState, JobView, Status};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -11,8 +12,8 @@ async fn all_in_one(dir: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
     Proc::all_in_one(dir, &dir.join("data"), port, &env).await
 }
 
-fn done(j: &Value) -> bool {
-    ["succeeded", "failed", "canceled"].contains(&j["status"].as_str().unwrap())
+fn done(j: &JobView) -> bool {
+    j.status.is_final()
 }
 
 #[tokio::test]
@@ -31,7 +32,7 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
     }))
     .await;
     svc.api()
-        .wait_for(&slow, 30, |j| j["progress"]["node_index"].as_u64() >= Some(4))
+        .wait_until(&slow, 30, |j| j.progress.node_index >= Some(4))
         .await;
     let orphans = process_tree(&job_processes(&slow));
     svc.kill();
@@ -52,19 +53,19 @@ async fn sigkill_mid_job_loses_nothing_and_resumes_from_the_cache() {
     // whole graph: neither back to 0 nor at 99% at once.
     let resumed = svc
         .api()
-        .wait_for(&slow, 60, |j| {
-            done(j) || (j["attempts"] == 2 && j["progress"]["node_count"].as_u64().is_some())
+        .wait_until(&slow, 60, |j| {
+            done(j) || (j.attempts == 2 && j.progress.node_count.is_some())
         })
         .await;
-    assert_eq!(resumed["status"], "processing", "{resumed:#}");
-    let percent = resumed["progress"]["percent"].as_f64().unwrap();
-    assert!((30.0..90.0).contains(&percent), "resumed at {percent}%: {resumed:#}");
-    assert_eq!(resumed["progress"]["node_count"], 10);
-    let job = svc.api().wait_for(&slow, 60, done).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(job["attempts"], 2);
+    assert_eq!(resumed.status, Status::Processing, "{resumed:#?}");
+    let percent = resumed.progress.percent;
+    assert!((30.0..90.0).contains(&percent), "resumed at {percent}%: {resumed:#?}");
+    assert_eq!(resumed.progress.node_count, Some(10));
+    let job = svc.api().wait_until(&slow, 60, done).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    assert_eq!(job.attempts, 2);
     for id in &queued {
-        assert_eq!(svc.api().wait_for(id, 30, done).await["status"], "succeeded");
+        assert_eq!(svc.api().wait_until(id, 30, done).await.status, Status::Succeeded);
     }
     // The second run cleaned up the first one's processes and resumed its finished nodes.
     assert!(job_processes(&slow).is_empty());
@@ -104,9 +105,7 @@ async fn a_pending_webhook_is_delivered_after_a_restart() {
         .await;
     edge.wait_hooks(1, 20).await;
     svc.api()
-        .wait_for(&id, 10, |j| {
-            j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
-        })
+        .wait_until(&id, 10, |j| j.webhook.as_ref().is_some_and(|w| w.attempts.len() == 1))
         .await;
     svc.kill();
     let svc = all_in_one(dir.path(), port, &env).await;
@@ -114,7 +113,7 @@ async fn a_pending_webhook_is_delivered_after_a_restart() {
     assert_eq!(hooks[0].headers["webhook-id"], hooks[1].headers["webhook-id"]);
     assert!(signature_valid(&hooks[1]));
     svc.api()
-        .wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered")
+        .wait_until(&id, 10, webhook_is(DeliveryState::Delivered))
         .await;
     svc.kill();
 }

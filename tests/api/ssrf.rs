@@ -5,6 +5,8 @@
 use crate::helpers::*;
 use crate::procs::*;
 use actix_web::{web, HttpResponse};
+use meshroom_svc::error::Code;
+use meshroom_svc::jobs::{DeliveryState, Status};
 use serde_json::{json, Value};
 use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -197,23 +199,26 @@ async fn internal_addresses_are_never_reached() {
         cases += 1;
     }
     for (url, id) in &jobs {
-        let job = app.wait_final(id, 30).await;
-        assert_eq!(job["status"], "failed", "{url}");
-        let code = job["error"]["code"].as_str().unwrap();
-        assert!(["url_not_allowed", "download_failed"].contains(&code), "{url}: {job:#}");
+        let job = app.finished(id, 30).await;
+        assert_eq!(job.status, Status::Failed, "{url}");
+        let code = job.error.as_ref().unwrap().code;
+        assert!(
+            [Code::UrlNotAllowed, Code::DownloadFailed].contains(&code),
+            "{url}: {job:#?}"
+        );
         // download_failed alone cannot tell a refused redirect from a followed one: the trap can.
         assert_eq!(trap.hits.load(Ordering::SeqCst), 0, "{url} reached the trap");
     }
     // A callback whose name resolves internally: never sent, and given up at once.
     for url in &names {
         let id = app.submit(json!({"image_urls": [ok_image], "callback_url": url})).await;
-        let job = app.wait_for(&id, 30, |j| j["webhook"]["state"] == "failed").await;
-        assert_eq!(job["webhook"]["attempts"].as_array().unwrap().len(), 1, "{job:#}");
+        let job = app.wait_until(&id, 30, webhook_is(DeliveryState::Failed)).await;
+        assert_eq!(job.webhook.as_ref().unwrap().attempts.len(), 1, "{job:#?}");
         cases += 1;
     }
     // The one allowed address works.
     let id = app.submit(json!({"image_urls": [ok_image]})).await;
-    assert_eq!(app.wait_final(&id, 30).await["status"], "succeeded");
+    assert_eq!(app.finished(&id, 30).await.status, Status::Succeeded);
 
     eprintln!(
         "SSRF: {cases} cases, {} connection(s) reached the internal listener",
@@ -248,6 +253,6 @@ async fn proxy_environment_variables_are_ignored() {
         .api()
         .submit(json!({"image_urls": [format!("{server}/ok.jpg")]}))
         .await;
-    assert_eq!(svc.api().wait_final(&id, 30).await["status"], "succeeded");
+    assert_eq!(svc.api().finished(&id, 30).await.status, Status::Succeeded);
     assert_eq!(trap.hits.load(Ordering::SeqCst), 0, "the proxy was used");
 }
