@@ -137,7 +137,7 @@ impl Link {
                 .basic_publish(persistent(priority), body, publish_args(queue))
                 .await
             {
-                log::warn!("publish to {queue} failed: {e}");
+                log::warn!("job {id}: publish to {queue} failed: {e}");
                 self.closed.cancel(); // numbering is off now: start a fresh link
                 return Err(QueueError::Unavailable);
             }
