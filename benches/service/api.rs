@@ -19,7 +19,7 @@ fn request(c: &Cluster, n: usize) -> Value {
 /// confirmed publishes and raw inserts of the same row, same concurrency, one after the other.
 pub async fn accept(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
     let c = Cluster::new(&[]).await;
-    let serve = c.serve("serve").await;
+    let serve = serve_logged(&c, "serve").await;
     let body = request(&c, 20);
     // One submit first: its stored row is what the raw inserts write, byte for byte in size.
     let id = serve.api().submit(body.clone()).await;
@@ -107,4 +107,21 @@ pub async fn accept(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
         "< 30 ms".into(),
         accepted.p99_ms < 30.0,
     ));
+}
+
+/// A `serve` logging as in production (one line per request, `RUST_LOG=info`) into
+/// `<dir>/<name>.log`: the figures include what logging costs.
+pub async fn serve_logged(c: &Cluster, name: &str) -> crate::procs::Proc {
+    let data = c.dir.path().join(name).display().to_string();
+    let mut env = c.env.clone();
+    env.push(("RUST_LOG".into(), "info".into()));
+    let log = c.dir.path().join(format!("{name}.log"));
+    crate::procs::Proc::start_logged(
+        c.dir.path(),
+        &["serve", "--data-dir", &data],
+        Some(crate::procs::free_port()),
+        &env,
+        Some(&log),
+    )
+    .await
 }

@@ -47,7 +47,7 @@ pub async fn pg_inserts(url: &str, doc: &str, clients: usize, secs: f64) -> Load
 /// `scale.records` recorded jobs, and `serve`'s peak RSS.
 pub async fn records(scale: &Scale, rows: &mut Vec<Row>) {
     let c = Cluster::new(&[]).await;
-    let serve = c.serve("serve").await;
+    let serve = crate::api::serve_logged(&c, "serve").await;
     let api = serve.api();
     // Recorded straight into the database, 1% of them failed: the reads are under test here.
     let store = std::sync::Arc::new(Store::new(Db::open(&c.db.url, 16).await.unwrap()));
