@@ -23,8 +23,8 @@ fn stage_secs(metrics: &str, stage: &str) -> f64 {
 
 /// Runs a submitted job to success and returns the seconds the worker spent in `stage` for it.
 async fn timed(serve: &Proc, worker: &Proc, id: &str, stage: &str, before: f64) -> f64 {
-    let job = serve.api().wait_final(id, 1800).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job = serve.api().finished(id, 1800).await;
+    assert_eq!(job.status, meshroom_svc::jobs::Status::Succeeded, "{job:#?}");
     stage_secs(&metrics(worker).await, stage) - before
 }
 

@@ -7,9 +7,9 @@ use crate::helpers::{tiny_png, Api, Edge};
 use crate::procs::{free_port, Proc};
 use crate::report::{at_most, buckets, histogram_quantile, Row};
 use crate::Scale;
-use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use meshroom_svc::jobs::{JobView, Status};
+use serde_json::json;
 
 /// Submits `n` jobs of one small image each; returns their ids.
 async fn submit(api: &Api, edge: &Edge, n: usize) -> Vec<String> {
@@ -23,11 +23,11 @@ async fn submit(api: &Api, edge: &Edge, n: usize) -> Vec<String> {
 }
 
 /// Waits until every job succeeded; returns the records.
-async fn all_succeed(api: &Api, ids: &[String]) -> Vec<Value> {
+async fn all_succeed(api: &Api, ids: &[String]) -> Vec<JobView> {
     let mut jobs = Vec::new();
     for id in ids {
-        let job = api.wait_final(id, 1800).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
+        let job = api.finished(id, 1800).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
         jobs.push(job);
     }
     jobs
@@ -81,10 +81,9 @@ pub async fn gap(scale: &Scale, rows: &mut Vec<Row>) {
 }
 
 /// Jobs per second from the records: the first start to the last finish.
-fn throughput(jobs: &[Value]) -> f64 {
-    let time = |j: &Value, f: &str| j[f].as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
-    let first = jobs.iter().map(|j| time(j, "started_at")).min().unwrap();
-    let last = jobs.iter().map(|j| time(j, "finished_at")).max().unwrap();
+fn throughput(jobs: &[JobView]) -> f64 {
+    let first = jobs.iter().filter_map(|j| j.started_at).min().unwrap();
+    let last = jobs.iter().filter_map(|j| j.finished_at).max().unwrap();
     jobs.len() as f64 / ((last - first).num_microseconds().unwrap() as f64 / 1e6)
 }
 

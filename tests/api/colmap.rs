@@ -1,7 +1,8 @@
 //! A real reconstruction on CPU: COLMAP on the buddha13 photos, through the HTTP API.
 
 use crate::helpers::*;
-use serde_json::Value;
+use meshroom_svc::error::Code;
+use meshroom_svc::jobs::{JobView, Status};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -60,42 +61,34 @@ async fn buddha13_is_reconstructed_on_cpu() {
     let files: Vec<(&str, Vec<u8>)> = photos.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     let resp = app.upload(files, &[("pipeline", "colmap-sparse")]).await;
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<JobView>().await.unwrap().id.to_string();
 
     // Watch the stages go by.
     let mut stages = BTreeSet::new();
     let job = loop {
-        let job = app.job(&id).await;
-        if let Some(node) = job["progress"]["node"].as_str() {
-            stages.insert(node.to_string());
+        let job = app.view(&id).await;
+        if let Some(node) = &job.progress.node {
+            stages.insert(node.clone());
         }
-        if ["succeeded", "failed", "canceled"].contains(&job["status"].as_str().unwrap()) {
+        if job.status.is_final() {
             break job;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     for stage in ["FeatureExtraction", "FeatureMatching"] {
         assert!(stages.contains(stage), "stage {stage} never seen in {stages:?}");
     }
-    let summary = &job["summary"];
-    eprintln!("buddha13 with COLMAP: {summary}");
-    assert_eq!(summary["images"], 13);
-    assert!(summary["registered_images"].as_u64().unwrap() >= 10, "{summary}");
-    assert!(summary["points"].as_u64().unwrap() > 400, "{summary}");
-    assert!(
-        summary["mean_reprojection_error_px"].as_f64().unwrap() < 2.0,
-        "{summary}"
-    );
-    assert_eq!(summary["mesh"], true, "Open3D meshes the points on CPU");
+    let summary = job.summary.clone().expect("a COLMAP job has a summary");
+    eprintln!("buddha13 with COLMAP: {summary:?}");
+    assert_eq!(summary.images, 13);
+    assert!(summary.registered_images >= 10, "{summary:?}");
+    assert!(summary.points > 400, "{summary:?}");
+    assert!(summary.mean_reprojection_error_px < 2.0, "{summary:?}");
+    assert!(summary.mesh, "Open3D meshes the points on CPU");
 
     // The downloaded point cloud holds the points.
-    let ply = app
-        .get(result(&job, "sparse.ply")["url"].as_str().unwrap())
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let ply = app.get(&file(&job, "sparse.ply").url).await.bytes().await.unwrap();
     let header = String::from_utf8_lossy(&ply[..ply.len().min(1000)]).into_owned();
     let vertices: u64 = header
         .lines()
@@ -105,14 +98,14 @@ async fn buddha13_is_reconstructed_on_cpu() {
         .parse()
         .unwrap();
     assert!(vertices > 400, "{header}");
-    assert_eq!(vertices, summary["points"].as_u64().unwrap());
+    assert_eq!(vertices, summary.points);
     for name in [
         "mesh.ply",
         "sparse/cameras.txt",
         "sparse/images.txt",
         "sparse/points3D.txt",
     ] {
-        assert!(result(&job, name)["size"].as_u64().unwrap() > 0, "{name}");
+        assert!(file(&job, name).size > 0, "{name}");
     }
 }
 
@@ -131,14 +124,15 @@ async fn images_that_cannot_be_reconstructed_together_fail_clearly() {
         )
         .await;
     assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let job = app.wait_final(&id, 180).await;
-    assert_eq!(job["status"], "failed", "{job:#}");
-    assert_eq!(job["error"]["code"], "too_few_images_registered", "{job:#}");
-    assert!(
-        job["results"].as_array().unwrap().is_empty(),
-        "no empty model is published"
+    let id = resp.json::<JobView>().await.unwrap().id.to_string();
+    let job = app.finished(&id, 180).await;
+    assert_eq!(job.status, Status::Failed, "{job:#?}");
+    assert_eq!(
+        job.error.as_ref().unwrap().code,
+        Code::TooFewImagesRegistered,
+        "{job:#?}"
     );
+    assert!(job.results.is_empty(), "no empty model is published");
 }
 
 #[tokio::test]
@@ -153,21 +147,19 @@ async fn colmap_runs_are_supervised_like_meshroom() {
     let resp = app
         .upload(files, &[("pipeline", "colmap-sparse"), ("timeout_secs", "2")])
         .await;
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<JobView>().await.unwrap().id.to_string();
     // COLMAP runs before the limit ends it.
-    app.wait_for(&id, 30, |j| {
-        !job_processes(&id).is_empty() || j["status"] != "processing" && j["status"] != "enqueued"
-    })
-    .await;
+    app.wait_until(&id, 30, |j| !job_processes(&id).is_empty() || j.status.is_final())
+        .await;
     let tree = process_tree(&job_processes(&id));
     assert!(!tree.is_empty(), "COLMAP was running");
-    let job = app.wait_final(&id, 60).await;
-    assert_eq!(job["error"]["code"], "engine_timeout", "{job:#}");
+    let job = app.finished(&id, 60).await;
+    assert_eq!(job.error.as_ref().unwrap().code, Code::EngineTimeout, "{job:#?}");
     assert_eq!(still_running(&tree), Vec::<i32>::new());
     // The tail holds what COLMAP printed before it was stopped.
     assert!(
-        job["log_tail"].as_str().unwrap().contains("Feature extraction"),
-        "{job:#}"
+        job.log_tail.as_deref().unwrap().contains("Feature extraction"),
+        "{job:#?}"
     );
     assert!(job_processes(&id).is_empty(), "no COLMAP process outlives its job");
 }

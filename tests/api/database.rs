@@ -4,8 +4,10 @@
 
 use crate::cluster::*;
 use crate::helpers::*;
+use meshroom_svc::http::JobPage;
+
 use crate::procs::*;
-use meshroom_svc::jobs::{Db, Job, Status, Store};
+use meshroom_svc::jobs::{Db, Job, JobView, Stage, Status, Store};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -41,8 +43,8 @@ async fn idempotency_holds_across_two_serve_replicas() {
                     .await
                     .unwrap();
                 assert_eq!(resp.status(), 202, "{key}");
-                let job: Value = resp.json().await.unwrap();
-                (key, job["id"].as_str().unwrap().to_string())
+                let job: JobView = resp.json().await.unwrap();
+                (key, job.id.to_string())
             }
         }))
         .await;
@@ -97,7 +99,7 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
                 }
             })
         };
-        let first: Value = app
+        let first: JobPage = app
             .get("/api/v1/jobs?status=failed&limit=3")
             .await
             .json()
@@ -107,10 +109,10 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
         let mut page = first;
         let mut requests = 1;
         loop {
-            let jobs = page["jobs"].as_array().unwrap();
-            seen.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()));
-            assert!(jobs.iter().all(|j| j["status"] == "failed"));
-            let Some(cursor) = page.get("next_cursor").and_then(|c| c.as_str()) else {
+            let jobs = &page.jobs;
+            seen.extend(jobs.iter().map(|j| j.id.to_string()));
+            assert!(jobs.iter().all(|j| j.status == Status::Failed));
+            let Some(cursor) = page.next_cursor else {
                 break;
             };
             assert_eq!(jobs.len(), 3, "{kind}: a page with a cursor is full");
@@ -135,15 +137,16 @@ async fn filtered_pages_are_full_and_stable_under_inserts_on_sqlite_and_postgres
             .json()
             .await
             .unwrap();
-        assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
-        assert!(none.get("next_cursor").is_none(), "{none}");
-        let by_pipeline: Value = app
+        assert!(none.get("next_cursor").is_none(), "no cursor, not even null: {none}");
+        let none: JobPage = serde_json::from_value(none).unwrap();
+        assert_eq!(none.jobs.len(), 0);
+        let by_pipeline: JobPage = app
             .get("/api/v1/jobs?pipeline=colmap-sparse")
             .await
             .json()
             .await
             .unwrap();
-        assert_eq!(by_pipeline["jobs"].as_array().unwrap().len(), 0);
+        assert_eq!(by_pipeline.jobs.len(), 0);
         eprintln!(
             "{kind}: {} failed jobs in {requests} pages of 3 while 50 were added",
             seen.len()
@@ -161,10 +164,9 @@ async fn a_deleted_queued_job_causes_no_stall() {
     let deleted = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(1))]})).await;
     let next = app.submit(json!({"image_urls": [edge.add("q.jpg", photo(2))]})).await;
     assert_eq!(app.delete(&format!("/api/v1/jobs/{deleted}")).await.status(), 204);
-    let done = app.wait_final(&first, 60).await;
-    let after = app.wait_final(&next, 30).await;
-    let time = |j: &Value, f: &str| chrono::DateTime::parse_from_rfc3339(j[f].as_str().unwrap()).unwrap();
-    let gap = time(&after, "started_at") - time(&done, "finished_at");
+    let done = app.finished(&first, 60).await;
+    let after = app.finished(&next, 30).await;
+    let gap = after.started_at.unwrap() - done.finished_at.unwrap();
     assert!(
         gap < chrono::Duration::seconds(2),
         "the worker idled {gap} after a deleted job"
@@ -199,7 +201,7 @@ async fn a_job_stored_while_the_broker_is_unreachable_is_queued_once_it_is_back(
     let answered = started.elapsed();
     assert_eq!(resp.status(), 202, "stored is accepted");
     assert!(answered < Duration::from_secs(6), "answered in {answered:?}");
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = resp.json::<JobView>().await.unwrap().id.to_string();
     assert_eq!(
         lonely.api().get("/ready").await.status(),
         503,
@@ -210,8 +212,8 @@ async fn a_job_stored_while_the_broker_is_unreachable_is_queued_once_it_is_back(
     let serve = c.serve("serve").await;
     let _worker = c.work("work", "none").await;
     let back = Instant::now();
-    let job = serve.api().wait_final(&id, 60).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job = serve.api().finished(&id, 60).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     let runs = invocations(c.dir.path())
         .iter()
         .filter(|r| r["job"] == id.as_str())
@@ -235,7 +237,7 @@ async fn all_in_one_killed_mid_burst_keeps_every_accepted_job_and_resumes_at_onc
         .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))]}))
         .await;
     svc.api()
-        .wait_for(&running, 20, |j| j["stage"] == "reconstructing")
+        .wait_until(&running, 20, |j| j.stage == Some(Stage::Reconstructing))
         .await;
     // Eight clients submit as fast as they can; the process is killed in the middle.
     let url = edge.add("p.jpg", photo(1));
@@ -255,8 +257,8 @@ async fn all_in_one_killed_mid_burst_keeps_every_accepted_job_and_resumes_at_onc
                     if resp.status() != 202 {
                         return;
                     }
-                    match resp.json::<Value>().await {
-                        Ok(job) => accepted.lock().unwrap().push(job["id"].as_str().unwrap().to_string()),
+                    match resp.json::<JobView>().await {
+                        Ok(job) => accepted.lock().unwrap().push(job.id.to_string()),
                         Err(_) => return, // killed while answering: not counted as accepted
                     }
                 }
@@ -289,7 +291,7 @@ async fn all_in_one_killed_mid_burst_keeps_every_accepted_job_and_resumes_at_onc
     let api = svc.api();
     let up_at = Instant::now();
     // The interrupted job is taken again at once: no lease of the dead process to wait out.
-    api.wait_for(&running, 10, |j| j["attempts"] == 2).await;
+    api.wait_until(&running, 10, |j| j.attempts == 2).await;
     let resumed = up_at.elapsed();
     assert!(
         resumed < Duration::from_secs(1),

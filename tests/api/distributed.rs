@@ -4,6 +4,8 @@
 use crate::cluster::*;
 use crate::helpers::*;
 use crate::procs::*;
+use meshroom_svc::http::JobPage;
+use meshroom_svc::jobs::{JobView, Status};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -24,24 +26,20 @@ async fn replicas_share_jobs_cancel_and_downloads() {
         .submit(json!({"image_urls": [c.edge.add("p.jpg", photo(0))], "metadata": {"n": 1}}))
         .await;
     assert_eq!(b.job(&id).await["metadata"]["n"], 1);
-    let job = b.wait_final(&id, 60).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    let obj = result(&job, "texturedMesh.obj");
+    let job = b.finished(&id, 60).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    let obj = job.results.iter().find(|r| r.name == "texturedMesh.obj").unwrap();
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let resp = no_redirects
-        .get(b.url(obj["url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
+    let resp = no_redirects.get(b.url(&obj.url)).send().await.unwrap();
     assert_eq!(resp.status(), 302, "{:?} {:?}", obj, resp.text().await);
     assert!(resp.headers()["location"]
         .to_str()
         .unwrap()
         .contains("X-Amz-Signature="));
-    let body = b.get(obj["url"].as_str().unwrap()).await.text().await.unwrap();
+    let body = b.get(&obj.url).await.text().await.unwrap();
     assert!(body.starts_with("mtllib texturedMesh.mtl"), "{body}");
     let log = b.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
     assert!(log.contains("Publish"), "{log}");
@@ -49,11 +47,11 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     // Uploaded through B, listed through A, newest first.
     let resp = b.upload(vec![("u.jpg", photo(1))], &[]).await;
     assert_eq!(resp.status(), 202);
-    let up = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    assert_eq!(a.wait_final(&up, 60).await["status"], "succeeded");
-    let page: Value = a.get("/api/v1/jobs?limit=1").await.json().await.unwrap();
-    assert_eq!(page["jobs"][0]["id"], up.as_str());
-    assert_eq!(page["next_cursor"], up.as_str());
+    let up = resp.json::<JobView>().await.unwrap().id.to_string();
+    assert_eq!(a.finished(&up, 60).await.status, Status::Succeeded);
+    let page: JobPage = a.get("/api/v1/jobs?limit=1").await.json().await.unwrap();
+    assert_eq!(page.jobs[0].id.to_string(), up);
+    assert_eq!(page.next_cursor.map(|c| c.to_string()), Some(up.clone()));
 
     // A running job canceled through the other replica: the worker hears of it within 2 s.
     let hang = a
@@ -62,17 +60,15 @@ async fn replicas_share_jobs_cancel_and_downloads() {
     b.wait_for(&hang, 30, |_| job_processes(&hang).len() >= 3).await;
     let asked = Instant::now();
     assert_eq!(b.post(&format!("/api/v1/jobs/{hang}/cancel")).await.status(), 202);
-    a.wait_for(&hang, 10, |j| {
-        j["cancel_requested"] == true || j["status"] == "canceled"
-    })
-    .await;
+    a.wait_until(&hang, 10, |j| j.cancel_requested || j.status == Status::Canceled)
+        .await;
     let heard = asked.elapsed();
     eprintln!("cancel reached the worker after {heard:?}");
     assert!(
         heard < Duration::from_secs(2),
         "cancel reached the worker after {heard:?}"
     );
-    assert_eq!(a.wait_final(&hang, 20).await["status"], "canceled");
+    assert_eq!(a.finished(&hang, 20).await.status, Status::Canceled);
     assert!(job_processes(&hang).is_empty());
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
 
@@ -104,8 +100,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_another() {
     let id = api
         .submit(json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
-    api.wait_for(&id, 30, |j| j["progress"]["node_index"].as_u64() >= Some(2))
-        .await;
+    api.wait_until(&id, 30, |j| j.progress.node_index >= Some(2)).await;
     let victim = c.worker_pid(&id).await.unwrap();
     let survivor = if w1.pid() == victim {
         w1.kill();
@@ -114,11 +109,11 @@ async fn a_worker_killed_mid_job_leaves_it_to_another() {
         w2.kill();
         w1
     };
-    let job = api.wait_final(&id, 60).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    assert_eq!(job["attempts"], 2);
+    let job = api.finished(&id, 60).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    assert_eq!(job.attempts, 2);
     assert_eq!(c.worker_pid(&id).await, Some(survivor.pid()));
-    assert_eq!(job["results"].as_array().unwrap().len(), 3, "one result set");
+    assert_eq!(job.results.len(), 3, "one result set");
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
 }
 
@@ -141,16 +136,16 @@ async fn sigterm_requeues_the_job_and_exits_zero() {
     let status = worker.wait_exit(20).await;
     assert!(status.success(), "{status}");
     assert!(job_processes(&id).is_empty());
-    let job = api.job(&id).await;
-    assert_eq!(job["status"], "enqueued", "{job:#}");
+    let job = api.view(&id).await;
+    assert_eq!(job.status, Status::Enqueued, "{job:#?}");
     assert_eq!(c.queue_counts("jobs.cpu").0, 1, "back in the queue");
     // Another worker takes it; a requeue on shutdown is not a lost attempt.
     let _next = c.work("work-2", "none").await;
-    api.wait_for(&id, 30, |j| j["status"] == "processing").await;
+    api.wait_until(&id, 30, |j| j.status == Status::Processing).await;
     let again = c.record(&id).await;
     assert_eq!((again.attempts, again.lost_attempts), (2, 0));
     api.post(&format!("/api/v1/jobs/{id}/cancel")).await;
-    api.wait_final(&id, 20).await;
+    api.finished(&id, 20).await;
 }
 
 #[tokio::test]
@@ -174,20 +169,20 @@ async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
     let _cpu = c.work("cpu", "none").await;
     let mut started = Vec::new();
     for id in normal.iter().chain([&high]) {
-        let job = api.wait_final(id, 60).await;
-        assert_eq!(job["status"], "succeeded");
-        started.push((job["started_at"].as_str().unwrap().to_string(), id.clone()));
+        let job = api.finished(id, 60).await;
+        assert_eq!(job.status, Status::Succeeded);
+        started.push((job.started_at.unwrap(), id.clone()));
     }
     started.sort();
     assert_eq!(started[0].1, high, "the high-priority job runs first");
     assert_eq!(
-        api.job(&gpu_job).await["status"],
-        "enqueued",
+        api.view(&gpu_job).await.status,
+        Status::Enqueued,
         "a CPU worker never takes a GPU job"
     );
 
     let _gpu = c.work("gpu", "0").await;
-    assert_eq!(api.wait_final(&gpu_job, 60).await["status"], "succeeded");
+    assert_eq!(api.finished(&gpu_job, 60).await.status, Status::Succeeded);
     let runs = invocations(c.dir.path());
     let run = runs.iter().find(|r| r["job"] == gpu_job.as_str()).unwrap();
     assert_eq!(run["cuda"], "0", "pinned to its GPU");
@@ -209,13 +204,13 @@ async fn a_large_result_round_trips_through_s3_with_bounded_worker_memory() {
     let id = api
         .submit(json!({"image_urls": [c.edge.add(&Fake::Big(mib).image(), photo(0))]}))
         .await;
-    let job = api.wait_final(&id, 120).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job = api.finished(&id, 120).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     let peak_kib = peak_rss_kib(worker.pid());
-    let dense = result(&job, "dense.ply");
-    assert_eq!(dense["size"].as_u64(), Some(mib << 20));
+    let dense = job.results.iter().find(|r| r.name == "dense.ply").unwrap();
+    assert_eq!(dense.size, mib << 20);
     // Download through the API's redirect, streaming, and compare with the fake's pattern.
-    let resp = api.get(dense["url"].as_str().unwrap()).await;
+    let resp = api.get(&dense.url).await;
     assert_eq!(resp.status(), 200);
     let pattern: Vec<u8> = (0..=255u8).collect();
     let (mut offset, mut stream) = (0usize, resp.bytes_stream());
@@ -252,7 +247,7 @@ async fn all_in_one_runs_on_rabbitmq_and_s3_too() {
     let id = api
         .submit(json!({"image_urls": [c.edge.add("p.jpg", photo(0))], "callback_url": c.edge.hook_url()}))
         .await;
-    assert_eq!(api.wait_final(&id, 60).await["status"], "succeeded");
+    assert_eq!(api.finished(&id, 60).await.status, Status::Succeeded);
     let hooks = c.edge.wait_hooks(1, 20).await;
     assert!(signature_valid(&hooks[0]));
 }

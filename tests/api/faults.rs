@@ -4,6 +4,9 @@
 use crate::cluster::*;
 use crate::helpers::*;
 use crate::procs::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::http::JobPage;
+use meshroom_svc::jobs::{DeliveryState, JobView, Stage, Status};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -29,15 +32,15 @@ async fn poison_jobs_are_dead_lettered_after_the_configured_deliveries() {
                 .filter(|r| r["job"] == id.as_str())
                 .count()
         };
-        api.wait_for(&id, 30, |j| runs() == round && j["stage"] == "reconstructing")
+        api.wait_until(&id, 30, |j| runs() == round && j.stage == Some(Stage::Reconstructing))
             .await;
         assert_eq!(c.worker_pid(&id).await, Some(worker.pid()));
         worker.kill();
     }
     let _last = c.work("w3", "none").await;
-    let job = api.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["error"]["code"], "poison_job", "{job:#}");
+    let job = api.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Failed);
+    assert_eq!(job.error.as_ref().unwrap().code, Code::PoisonJob, "{job:#?}");
     let runs = invocations(c.dir.path())
         .iter()
         .filter(|r| r["job"] == id.as_str())
@@ -99,24 +102,20 @@ async fn a_broker_restart_under_load_loses_no_accepted_job() {
         .await;
     assert_eq!(resp.status(), 202);
     let probe = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    api.wait_for(&probe, 30, |j| j["status"] != "enqueued").await;
+    api.wait_until(&probe, 30, |j| j.status != Status::Enqueued).await;
     let resumed = back.elapsed();
     eprintln!("broker restart: the worker took a new job {resumed:?} after the broker was back");
     for id in &accepted {
-        let job = api.wait_final(id, 90).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
+        let job = api.finished(id, 90).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
         let runs = invocations(c.dir.path())
             .iter()
             .filter(|r| r["job"] == id.as_str())
             .count();
         assert_eq!(runs, 1, "{id} ran once");
     }
-    let page: Value = api.get("/api/v1/jobs?limit=100").await.json().await.unwrap();
-    assert_eq!(
-        page["jobs"].as_array().unwrap().len(),
-        accepted.len() + 1,
-        "and the probe"
-    );
+    let page: JobPage = api.get("/api/v1/jobs?limit=100").await.json().await.unwrap();
+    assert_eq!(page.jobs.len(), accepted.len() + 1, "and the probe");
     eprintln!(
         "broker restart: {} of 40 accepted (the broker was seen down {seen_down} times), all succeeded once, {:?} after its return",
         accepted.len(),
@@ -157,7 +156,7 @@ async fn a_restarted_worker_stops_what_its_killed_predecessor_left_running() {
         "the new worker stopped them before taking jobs"
     );
     assert_eq!(still_running(&orphans), Vec::<i32>::new(), "by parent and session too");
-    assert_eq!(api.wait_final(&id, 30).await["error"]["code"], "poison_job");
+    assert_eq!(api.finished(&id, 30).await.error.unwrap().code, Code::PoisonJob);
 }
 
 #[tokio::test]
@@ -174,10 +173,11 @@ async fn a_job_delivered_twice_runs_once() {
     let id = api
         .submit(json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))]}))
         .await;
-    api.wait_for(&id, 30, |j| j["stage"] == "reconstructing").await;
+    api.wait_until(&id, 30, |j| j.stage == Some(Stage::Reconstructing))
+        .await;
     publish_again(&c, &id).await; // while it runs on one worker: the other must not run it too
-    let job = api.wait_final(&id, 90).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let job = api.finished(&id, 90).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
     publish_again(&c, &id).await; // after it ended
     tokio::time::sleep(Duration::from_secs(2)).await;
     let runs = invocations(c.dir.path())
@@ -185,10 +185,10 @@ async fn a_job_delivered_twice_runs_once() {
         .filter(|r| r["job"] == id.as_str())
         .count();
     assert_eq!(runs, 1, "the engine ran once");
-    let after = api.job(&id).await;
-    assert_eq!(after["attempts"], 1);
-    assert_eq!(after["results"], job["results"], "stored results unchanged");
-    assert_eq!(after["finished_at"], job["finished_at"]);
+    let after = api.view(&id).await;
+    assert_eq!(after.attempts, 1);
+    assert_eq!(after.results, job.results, "stored results unchanged");
+    assert_eq!(after.finished_at, job.finished_at);
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
 }
 
@@ -267,7 +267,7 @@ async fn forced_disconnects_during_submits_give_quick_answers_and_lose_nothing()
     assert!(slowest < Duration::from_secs(6), "an answer took {slowest:?}");
     let back = Instant::now();
     for id in &accepted {
-        assert_eq!(serve.api().wait_final(id, 90).await["status"], "succeeded", "{id}");
+        assert_eq!(serve.api().finished(id, 90).await.status, Status::Succeeded, "{id}");
         let runs = invocations(c.dir.path())
             .iter()
             .filter(|r| r["job"] == id.as_str())
@@ -317,10 +317,10 @@ async fn jobs_survive_workers_killed_at_random() {
     }
     let mut attempts = 0;
     for id in &ids {
-        let job = api.wait_final(id, 300).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
-        assert_eq!(job["results"].as_array().unwrap().len(), 3, "one result set");
-        attempts += job["attempts"].as_u64().unwrap();
+        let job = api.finished(id, 300).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+        assert_eq!(job.results.len(), 3, "one result set");
+        attempts += job.attempts as u64;
     }
     // One job.succeeded webhook id per job (a retry of a delivery keeps its id).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -373,9 +373,9 @@ async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
     let _workers = (c.work("w1", "none").await, c.work("w2", "none").await);
     let mut attempts = 0;
     for id in &ids {
-        let job = api.wait_final(id, 600).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
-        attempts += job["attempts"].as_u64().unwrap();
+        let job = api.finished(id, 600).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+        attempts += job.attempts as u64;
     }
     assert_eq!(attempts, 1000, "one outcome per job");
     assert_eq!(c.queue_counts("jobs.cpu"), (0, 0));
@@ -428,14 +428,14 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
     let id = api
         .submit(json!({"image_urls": [c.edge.add(&Fake::Big(mib).image(), photo(0))]}))
         .await;
-    api.wait_for(&id, 60, |j| j["stage"] == "uploading").await;
+    api.wait_until(&id, 60, |j| j.stage == Some(Stage::Uploading)).await;
     garage.crash();
     // Job state lives in the database: it stays readable while storage is down.
     let during = api.get(&format!("/api/v1/jobs/{id}")).await.status().as_u16();
     assert_eq!(during, 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     garage.resume().await;
-    let mut job = Value::Null;
+    let mut job = None;
     for _ in 0..1200 {
         let resp = api.get(&format!("/api/v1/jobs/{id}")).await;
         let status = resp.status().as_u16();
@@ -444,24 +444,27 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
             "200, or 503 while storage is down: {status}"
         );
         if resp.status() == 200 {
-            job = resp.json().await.unwrap();
-            if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap()) {
+            let seen: JobView = resp.json().await.unwrap();
+            let done = seen.status.is_final();
+            job = Some(seen);
+            if done {
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    match job["status"].as_str() {
-        Some("succeeded") => {
+    let job = job.expect("the job was read");
+    match job.status {
+        Status::Succeeded => {
             // Every listed file is really there, whole.
-            for r in job["results"].as_array().unwrap() {
-                let resp = api.get(r["url"].as_str().unwrap()).await;
-                assert_eq!(resp.status(), 200, "{r}");
-                assert_eq!(resp.content_length(), r["size"].as_u64(), "{r}");
+            for r in &job.results {
+                let resp = api.get(&r.url).await;
+                assert_eq!(resp.status(), 200, "{r:?}");
+                assert_eq!(resp.content_length(), Some(r.size), "{r:?}");
             }
-            assert_eq!(result(&job, "dense.ply")["size"].as_u64(), Some(mib << 20));
+            assert_eq!(file(&job, "dense.ply").size, mib << 20);
             // And its bytes are the engine's, in order: the fake writes byte i as i mod 256.
-            let url = result(&job, "dense.ply")["url"].as_str().unwrap().to_string();
+            let url = file(&job, "dense.ply").url.clone();
             let mut body = api.get(&url).await.bytes_stream();
             let mut offset = 0u64;
             while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
@@ -472,12 +475,13 @@ async fn storage_stopped_mid_upload_never_leaves_a_job_succeeded_with_missing_fi
             }
             assert_eq!(offset, mib << 20);
         }
-        Some("failed") => assert_eq!(job["error"]["code"], "storage_error", "{job:#}"),
-        _ => panic!("the job did not end: {job:#}"),
+        Status::Failed => assert_eq!(job.error.as_ref().unwrap().code, Code::StorageError, "{job:#?}"),
+        _ => panic!("the job did not end: {job:#?}"),
     }
     eprintln!(
         "S3 stopped mid-upload: job {} after {} attempt(s)",
-        job["status"], job["attempts"]
+        job.status.as_str(),
+        job.attempts
     );
 }
 
@@ -497,9 +501,7 @@ async fn a_pending_webhook_outlives_every_process() {
     c.edge.wait_hooks(1, 30).await;
     serve
         .api()
-        .wait_for(&id, 10, |j| {
-            j["webhook"]["attempts"].as_array().is_some_and(|a| a.len() == 1)
-        })
+        .wait_until(&id, 10, |j| j.webhook.as_ref().is_some_and(|w| w.attempts.len() == 1))
         .await;
     // Every process dies between the attempts; the next attempt waits in RabbitMQ.
     worker.kill();
@@ -510,6 +512,6 @@ async fn a_pending_webhook_outlives_every_process() {
     assert!(signature_valid(&hooks[1]));
     serve
         .api()
-        .wait_for(&id, 10, |j| j["webhook"]["state"] == "delivered")
+        .wait_until(&id, 10, webhook_is(DeliveryState::Delivered))
         .await;
 }

@@ -3,6 +3,9 @@
 
 use crate::helpers::*;
 use crate::procs::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::http::{ErrorBody, JobPage};
+use meshroom_svc::jobs::Status;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,8 +83,8 @@ async fn an_upload_reset_mid_way_leaves_nothing_on_disk() {
         let took = wait_until(2.0, "the staging folder is removed", || staged(&data).is_empty()).await;
         println!("reset mid-upload: staging folder gone after {took:?}");
     }
-    let page: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 0);
+    let page: JobPage = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(page.jobs.len(), 0);
     assert_eq!(app.get("/health").await.status(), 200);
 }
 
@@ -160,8 +163,8 @@ async fn floods_of_form_parts_are_refused_early_in_bounded_memory() {
     let parts = std::iter::repeat_n(text_part("image_urls", &mib_url), 300);
     let (status, body) = flood(&addr, parts, 300 * (1 << 20) + 300 * 200).await;
     assert_eq!(status, 400, "{body}");
-    let error: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(error["error"]["code"], "invalid_image_url");
+    let error: ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(error.error.code, Code::InvalidImageUrl);
     assert!(
         body.len() < 300,
         "the answer must not echo the URL: {} bytes",
@@ -188,8 +191,8 @@ async fn floods_of_form_parts_are_refused_early_in_bounded_memory() {
         before >> 10
     );
     assert!(peak < 64 << 10, "peak RSS {peak} KiB");
-    let page: Value = proc.api().get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 0);
+    let page: JobPage = proc.api().get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(page.jobs.len(), 0);
 }
 
 /// A PNG chunk with its length and CRC.
@@ -223,18 +226,17 @@ async fn polyglots_that_mimic_an_end_are_refused() {
     for (name, bytes) in [("j.jpg", jpeg), ("p.png", png_tricky), ("t.tif", tiff)] {
         let resp = app.upload(vec![(name, bytes.clone())], &[]).await;
         assert!(resp.status().is_client_error(), "{name}: {}", resp.status());
-        let body: Value = resp.json().await.unwrap();
+        let body: ErrorBody = resp.json().await.unwrap();
         assert!(
-            ["invalid_image", "unsupported_image_type"].contains(&body["error"]["code"].as_str().unwrap()),
-            "{name}: {body}"
+            [Code::InvalidImage, Code::UnsupportedImageType].contains(&body.error.code),
+            "{name}: {body:?}"
         );
         let id = app.submit(json!({"image_urls": [edge.add(name, bytes)]})).await;
-        let job = app.wait_final(&id, 30).await;
-        assert_eq!(job["status"], "failed", "{name}");
+        let job = app.finished(&id, 30).await;
+        assert_eq!(job.status, Status::Failed, "{name}");
         assert!(
-            job["error"]["code"].as_str().unwrap().starts_with("invalid_image")
-                || job["error"]["code"] == "unsupported_image_type",
-            "{name}: {job}"
+            [Code::InvalidImage, Code::UnsupportedImageType].contains(&job.error.as_ref().unwrap().code),
+            "{name}: {job:#?}"
         );
     }
     assert!(staged(&app.app.config.server.data_dir).is_empty());
@@ -244,12 +246,9 @@ async fn polyglots_that_mimic_an_end_are_refused() {
 async fn finished_job(app: &TestApp) -> (String, String) {
     let edge = Edge::start().await;
     let id = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(0))]})).await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    (
-        id,
-        result(&job, "texturedMesh.obj")["url"].as_str().unwrap().to_string(),
-    )
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+    (id, file(&job, "texturedMesh.obj").url.clone())
 }
 
 #[tokio::test]
@@ -398,8 +397,8 @@ async fn list_pages_stay_small() {
     let resp = app.post_json("/api/v1/jobs", &big).await;
     assert_eq!(resp.status(), 413);
     assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["code"],
-        "metadata_too_large"
+        resp.json::<ErrorBody>().await.unwrap().error.code,
+        Code::MetadataTooLarge
     );
     let urls: Vec<String> = (0..50)
         .map(|i| format!("http://127.0.0.1:1/{i}-{}.jpg", "u".repeat(500)))
@@ -415,9 +414,9 @@ async fn list_pages_stay_small() {
         full.len(),
         summary.len()
     );
-    let page: Value = serde_json::from_str(&summary).unwrap();
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
-    assert!(page["jobs"][0]["metadata"].is_null() && page["jobs"][0]["image_urls"] == json!([]));
+    let page: JobPage = serde_json::from_str(&summary).unwrap();
+    assert_eq!(page.jobs.len(), 3);
+    assert!(page.jobs[0].metadata.is_none() && page.jobs[0].image_urls.is_empty());
     assert!(summary.len() * 20 < full.len(), "{} vs {}", summary.len(), full.len());
     let doc = app.get("/api/v1/openapi.json").await.text().await.unwrap();
     assert!(doc.contains("/api/v1/reconstruct"), "the alias is documented");
@@ -439,7 +438,7 @@ async fn a_full_disk_takes_no_job_and_says_why() {
     let edge = Edge::start().await;
     let id = app.submit(json!({"image_urls": [edge.add("p.jpg", photo(0))]})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.job(&id).await["status"], "enqueued", "left in the queue");
+    assert_eq!(app.view(&id).await.status, Status::Enqueued, "left in the queue");
     assert!(app.invocations().is_empty());
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("meshroom_worker_low_disk 1"), "{metrics}");
@@ -538,9 +537,9 @@ async fn a_worker_with_a_full_disk_leaves_jobs_to_the_others() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _ok = c.work("ok", "none").await;
     for id in &ids {
-        let job = serve.api().wait_final(id, 60).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
-        assert_eq!(job["attempts"], 1, "only the worker with room ran it: {job:#}");
+        let job = serve.api().finished(id, 60).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
+        assert_eq!(job.attempts, 1, "only the worker with room ran it: {job:#?}");
         assert_ne!(c.worker_pid(id).await, Some(full.pid()));
     }
     let metrics = full.api().get("/metrics").await.text().await.unwrap();

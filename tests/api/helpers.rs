@@ -253,6 +253,11 @@ impl Api {
         job
     }
 
+    /// The job, typed.
+    pub async fn view(&self, id: &str) -> JobView {
+        serde_json::from_value(self.job(id).await).unwrap()
+    }
+
     /// Polls until `pred` holds for the typed job, or panics after `secs`.
     pub async fn wait_until(&self, id: &str, secs: u64, pred: impl Fn(&JobView) -> bool) -> JobView {
         let job = self
@@ -281,14 +286,6 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    /// Waits for a final status.
-    pub async fn wait_final(&self, id: &str, secs: u64) -> Value {
-        self.wait_for(id, secs, |j| {
-            ["succeeded", "failed", "canceled"].contains(&j["status"].as_str().unwrap())
-        })
-        .await
-    }
 }
 
 /// A predicate for `wait_until`: the job's webhook delivery is in this state.
@@ -296,13 +293,12 @@ pub fn webhook_is(state: meshroom_svc::jobs::DeliveryState) -> impl Fn(&JobView)
     move |j| j.webhook.as_ref().is_some_and(|w| w.state == state)
 }
 
-/// The entry of a job's `results` with this name.
-pub fn result<'a>(job: &'a Value, name: &str) -> &'a Value {
-    let results = job["results"].as_array().expect("results");
-    results
+/// The result file of a typed job with this name.
+pub fn file<'a>(job: &'a JobView, name: &str) -> &'a meshroom_svc::jobs::ResultFile {
+    job.results
         .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no result {name} in {job:#}"))
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no result {name} in {:?}", job.results))
 }
 
 /// A webhook request as received.

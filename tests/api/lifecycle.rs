@@ -133,7 +133,7 @@ async fn progress_is_visible_while_running() {
     let log = app.get(&format!("/api/v1/jobs/{id}/log")).await.text().await.unwrap();
     assert!(log.contains("Nodes to execute") && log.contains("[2/10]"), "{log}");
     app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
-    app.wait_final(&id, 30).await;
+    app.finished(&id, 30).await;
 }
 
 #[tokio::test]
@@ -161,8 +161,8 @@ async fn failed_work_folders_are_kept_when_configured() {
     let ok = app
         .submit(json!({"image_urls": [edge.add("fine.jpg", photo(1))]}))
         .await;
-    app.wait_final(&failed, 30).await;
-    app.wait_final(&ok, 30).await;
+    app.finished(&failed, 30).await;
+    app.finished(&ok, 30).await;
     let kept = app.app.work_dir(failed.parse().unwrap());
     assert!(
         kept.join("MeshroomCache/FeatureMatching").is_dir(),
@@ -247,7 +247,7 @@ async fn cancel_while_queued_never_runs_the_engine() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<JobView>().await.unwrap().status, Status::Canceled);
     app.post(&format!("/api/v1/jobs/{blocker}/cancel")).await;
-    app.wait_final(&blocker, 20).await;
+    app.finished(&blocker, 20).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app.invocations().iter().all(|r| r["job"] != queued.as_str()));
 }
@@ -286,8 +286,8 @@ async fn retry_runs_a_failed_job_again() {
     // The image is missing at first: the download fails.
     let url = format!("{}/files/late.jpg", edge.base);
     let id = app.submit(json!({"image_urls": [url]})).await;
-    let job = app.wait_final(&id, 30).await;
-    assert_eq!(job["error"]["code"], "download_failed", "{job:#}");
+    let job = app.finished(&id, 30).await;
+    assert_eq!(job.error.unwrap().code, Code::DownloadFailed);
     assert_eq!(app.post(&format!("/api/v1/jobs/{id}/retry")).await.status(), 202);
     edge.add("late.jpg", photo(0));
     let job = app.finished(&id, 30).await;
@@ -303,7 +303,7 @@ async fn delete_removes_the_job_and_its_files() {
     let app = spawn_app().await;
     let resp = app.upload(vec![("a.jpg", photo(0))], &[]).await;
     let id = resp.json::<JobView>().await.unwrap().id.to_string();
-    app.wait_final(&id, 30).await;
+    app.finished(&id, 30).await;
     let folder = app.app.config.server.data_dir.join("store/jobs").join(&id);
     assert!(folder.exists());
     assert_eq!(app.delete(&format!("/api/v1/jobs/{id}")).await.status(), 204);
@@ -321,7 +321,7 @@ async fn list_is_newest_first_and_paginated() {
         ids.push(app.submit(json!({"image_urls": [url]})).await);
     }
     for id in &ids {
-        app.wait_final(id, 30).await;
+        app.finished(id, 30).await;
     }
     let page: JobPage = app.get("/api/v1/jobs?limit=2").await.json().await.unwrap();
     let got: Vec<String> = page.jobs.iter().map(|j| j.id.to_string()).collect();
@@ -350,8 +350,8 @@ async fn each_gpu_runs_its_own_job_pinned_to_it() {
     let b = app.submit(json!({"image_urls": [url]})).await;
     // Both run at once, one per GPU, with the full (GPU) pipeline by default.
     app.wait_for(&a, 20, |_| app.invocations().len() == 2).await;
-    assert_eq!(app.job(&a).await["status"], "processing");
-    assert_eq!(app.job(&b).await["status"], "processing");
+    assert_eq!(app.view(&a).await.status, Status::Processing);
+    assert_eq!(app.view(&b).await.status, Status::Processing);
     let mut cuda: Vec<String> = app
         .invocations()
         .iter()
@@ -365,7 +365,7 @@ async fn each_gpu_runs_its_own_job_pinned_to_it() {
         .all(|r| r["argv"].to_string().contains("\"photogrammetry\"")));
     for id in [&a, &b] {
         app.post(&format!("/api/v1/jobs/{id}/cancel")).await;
-        app.wait_final(id, 20).await;
+        app.finished(id, 20).await;
     }
 }
 
@@ -374,7 +374,7 @@ async fn finished_jobs_are_deleted_after_the_retention() {
     let app = spawn_app_with(|c| c.worker.retention_secs = 1, vec![]).await;
     let edge = Edge::start().await;
     let id = app.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
-    app.wait_final(&id, 30).await;
+    app.finished(&id, 30).await;
     for _ in 0..100 {
         if app.get(&format!("/api/v1/jobs/{id}")).await.status() == 404 {
             assert!(!app.app.config.server.data_dir.join("store/jobs").join(&id).exists());

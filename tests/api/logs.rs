@@ -40,7 +40,8 @@ async fn requests_are_logged_with_an_id_and_secrets_never_are() {
     let id = api
         .submit(json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()}))
         .await;
-    api.wait_for(&id, 30, |j| j["webhook"]["state"] == "delivered").await;
+    api.wait_until(&id, 30, webhook_is(meshroom_svc::jobs::DeliveryState::Delivered))
+        .await;
     // One line per request, under the id the answer gives, without the query (it may carry a
     // token); a client's own short id is kept, a hostile one replaced.
     let resp = api

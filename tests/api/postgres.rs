@@ -3,6 +3,9 @@
 
 use crate::cluster::*;
 use crate::helpers::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::http::{ErrorBody, JobPage};
+use meshroom_svc::jobs::{JobView, Status};
 use serde_json::{json, Value};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -178,9 +181,10 @@ async fn postgres_killed_and_restarted_under_submit_load_loses_no_accepted_job()
     for (status, took, body) in &answers {
         assert!(*took < Duration::from_secs(8), "an answer took {took:?}");
         match status {
-            202 => accepted.push(body["id"].as_str().unwrap().to_string()),
+            202 => accepted.push(serde_json::from_value::<JobView>(body.clone()).unwrap().id.to_string()),
             503 => {
-                assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+                let error = serde_json::from_value::<ErrorBody>(body.clone()).unwrap().error;
+                assert_eq!(error.code, Code::DatabaseUnavailable, "{body}");
                 refused += 1;
             }
             other => panic!("the API answered {other} while PostgreSQL was down: {body}"),
@@ -191,8 +195,8 @@ async fn postgres_killed_and_restarted_under_submit_load_loses_no_accepted_job()
     assert_eq!(answers.last().unwrap().0, 202);
     let mut twice = 0;
     for id in &accepted {
-        let job = serve.api().wait_final(id, 120).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
+        let job = serve.api().finished(id, 120).await;
+        assert_eq!(job.status, Status::Succeeded, "{job:#?}");
         let runs = invocations(c.dir.path())
             .iter()
             .filter(|r| r["job"] == id.as_str())
@@ -200,8 +204,8 @@ async fn postgres_killed_and_restarted_under_submit_load_loses_no_accepted_job()
         assert!(runs >= 1);
         twice += usize::from(runs > 1);
     }
-    let page: Value = serve.api().get("/api/v1/jobs?limit=100").await.json().await.unwrap();
-    let listed = page["jobs"].as_array().unwrap().len();
+    let page: JobPage = serve.api().get("/api/v1/jobs?limit=100").await.json().await.unwrap();
+    let listed = page.jobs.len();
     assert!(
         listed >= accepted.len() && listed <= answers.len(),
         "{listed} jobs listed"

@@ -6,8 +6,9 @@ use crate::helpers::*;
 use crate::procs::*;
 use actix_web::{web, HttpResponse};
 use meshroom_svc::error::Code;
+use meshroom_svc::http::ErrorBody;
 use meshroom_svc::jobs::{DeliveryState, Status};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -177,12 +178,9 @@ async fn internal_addresses_are_never_reached() {
         ] {
             let resp = app.post_json("/api/v1/jobs", &body).await;
             assert_eq!(resp.status(), 400, "{body}");
-            let code = resp.json::<Value>().await.unwrap()["error"]["code"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let code = resp.json::<ErrorBody>().await.unwrap().error.code;
             assert!(
-                ["url_not_allowed", "invalid_image_url", "invalid_callback_url"].contains(&code.as_str()),
+                [Code::UrlNotAllowed, Code::InvalidImageUrl, Code::InvalidCallbackUrl].contains(&code),
                 "{code}"
             );
             cases += 1;

@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use meshroom_svc::error::Code;
-use meshroom_svc::http::ErrorBody;
+use meshroom_svc::http::{ErrorBody, JobPage};
 use meshroom_svc::jobs::Status;
 use serde_json::{json, Value};
 
@@ -83,13 +83,10 @@ async fn json_submits_are_checked() {
             &json!({"image_urls": [ok], "params": {"Texturing:textureSide": 3000}}),
         )
         .await;
-    let body: Value = resp.json().await.unwrap();
+    let body: ErrorBody = resp.json().await.unwrap();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("one of 1024, 2048, 4096, 8192, 16384"),
-        "{body}"
+        body.error.message.contains("one of 1024, 2048, 4096, 8192, 16384"),
+        "{body:?}"
     );
     let resp = app
         .client
@@ -108,8 +105,8 @@ async fn json_submits_are_checked() {
     let big = json!({"image_urls": [ok], "metadata": "x".repeat(2 << 20)});
     expect_error(app.post_json("/api/v1/jobs", &big).await, 413, Code::PayloadTooLarge).await;
     // Nothing was stored.
-    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+    let list: JobPage = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list.jobs.len(), 0);
 }
 
 #[tokio::test]
@@ -159,8 +156,8 @@ async fn uploads_are_checked_by_content_and_size() {
     .await;
     expect_error(app.upload(vec![], &[("metadata", "{}")]).await, 400, Code::NoImages).await;
     // Nothing left behind: no job, no staged file.
-    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 0);
+    let list: JobPage = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list.jobs.len(), 0);
     let staged = std::fs::read_dir(app.app.tmp_dir()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(staged, 0);
     let stored = std::fs::read_dir(app.app.config.server.data_dir.join("store/jobs"))
@@ -276,8 +273,8 @@ async fn idempotency_key_returns_the_same_job() {
     let c = send().await.unwrap();
     assert_eq!(c.headers()["idempotent-replayed"], "true");
     assert_eq!(c.json::<Value>().await.unwrap()["id"], a["id"]);
-    let list: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    let list: JobPage = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert_eq!(list.jobs.len(), 1);
     // The alias route accepts the same requests.
     let alias = app
         .post_json(
