@@ -266,6 +266,17 @@ impl Api {
         serde_json::from_value(job).unwrap()
     }
 
+    /// Polls until the job's webhook delivery is in `state`; returns its attempts.
+    pub async fn attempts_when(
+        &self,
+        id: &str,
+        secs: u64,
+        state: meshroom_svc::jobs::DeliveryState,
+    ) -> Vec<meshroom_svc::jobs::Attempt> {
+        let job = self.wait_until(id, secs, webhook_is(state)).await;
+        job.webhook.expect("a delivery").attempts
+    }
+
     /// Polls until the job is final; typed.
     pub async fn finished(&self, id: &str, secs: u64) -> JobView {
         self.wait_until(id, secs, |j| j.status.is_final()).await

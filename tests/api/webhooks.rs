@@ -64,12 +64,7 @@ async fn gone_stops_and_redirects_are_not_followed() {
     let id = app
         .submit(json!({"image_urls": [url], "callback_url": other_endpoint}))
         .await;
-    let attempts = app
-        .wait_until(&id, 30, webhook_is(Failed))
-        .await
-        .webhook
-        .unwrap()
-        .attempts;
+    let attempts = app.attempts_when(&id, 30, Failed).await;
     assert_eq!(attempts.len(), 4, "the configured schedule has 4 attempts");
     assert!(attempts
         .iter()
@@ -84,12 +79,7 @@ async fn an_unreachable_receiver_is_retried_then_given_up() {
     // Nothing listens on port 9 of loopback (discard): connection refused at every attempt.
     let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": "http://127.0.0.1:9/hook"});
     let id = app.submit(body).await;
-    let attempts = app
-        .wait_until(&id, 30, webhook_is(Failed))
-        .await
-        .webhook
-        .unwrap()
-        .attempts;
+    let attempts = app.attempts_when(&id, 30, Failed).await;
     assert_eq!(attempts.len(), 4);
     assert!(attempts.iter().all(|a| a.status.is_none() && a.error.is_some()));
 }
@@ -102,12 +92,7 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
     let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()});
     let id = app.submit(body).await;
     // webhook.timeout_secs is 2 in the tests: two attempts time out, the third is answered.
-    let attempts = app
-        .wait_until(&id, 30, webhook_is(Delivered))
-        .await
-        .webhook
-        .unwrap()
-        .attempts;
+    let attempts = app.attempts_when(&id, 30, Delivered).await;
     assert_eq!(attempts.len(), 3, "{attempts:#?}");
     assert!(
         attempts[..2]
