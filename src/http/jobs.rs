@@ -139,7 +139,7 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
         }
         Cancel::Stopping(job) => {
             // Its worker sees the request within a second, wherever it runs; here, at once.
-            worker::cancel(&app, job.id);
+            worker::cancel(&app.running, job.id);
             log::info!("job {}: cancel requested while running", job.id);
             Ok(HttpResponse::Accepted().json(JobView::from(job)))
         }

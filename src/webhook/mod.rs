@@ -75,8 +75,14 @@ impl Webhooks {
     pub async fn consume(&self, store: &Arc<Store>, queue: &Arc<Queue>, stop: &CancellationToken) {
         while let Some(turn) = queue.take_webhook(stop).await {
             if !self.in_flight.lock().expect("lock").insert(turn.id) {
-                // The attempt under way schedules the next one itself.
-                queue.settle_webhook(turn, Settle::Ack).await;
+                // An attempt for this job is under way. This turn may be for a delivery that
+                // replaced it (the job was retried meanwhile): look again shortly; a turn with
+                // nothing due does nothing.
+                let how = match queue.schedule_webhook(turn.id, Duration::from_secs(1)).await {
+                    Ok(()) => Settle::Ack,
+                    Err(_) => Settle::Requeue,
+                };
+                queue.settle_webhook(turn, how).await;
                 continue;
             }
             let (this, store, queue) = (self.clone(), store.clone(), queue.clone());

@@ -1,9 +1,10 @@
 //! Worker slots: one job at a time per GPU (one in all on CPU). Per job: download the images, run
 //! the engine, store the results, record the outcome, start the webhook.
 
-use crate::app::App;
+use crate::app::{App, CancelHandles};
+use crate::config::Config;
 use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
-use crate::jobs::{ErrorInfo, Job};
+use crate::jobs::{ErrorInfo, Job, Store};
 use crate::queue::Settle;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,9 +78,9 @@ pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
 
 /// Free space in the data folder against `worker.min_free_bytes`: a line for `/ready`, or why
 /// this worker takes no job.
-pub fn disk_check(app: &App) -> Result<String, String> {
-    let min = app.config.worker.min_free_bytes;
-    let dir = &app.config.server.data_dir;
+pub fn disk_check(config: &Config) -> Result<String, String> {
+    let min = config.worker.min_free_bytes;
+    let dir = &config.server.data_dir;
     if min == 0 {
         return Ok("ok: not checked (worker.min_free_bytes = 0)".into());
     }
@@ -99,7 +100,7 @@ pub fn disk_check(app: &App) -> Result<String, String> {
 
 /// Whether the data folder has room for a job; logs when that changes, and sets the metric.
 fn room_for_a_job(app: &App, low: &mut bool) -> bool {
-    match disk_check(app) {
+    match disk_check(&app.config) {
         Ok(_) => {
             if std::mem::take(low) {
                 log::info!("disk space is back: taking jobs again");
@@ -124,8 +125,8 @@ pub(crate) struct Slot {
 }
 
 /// Asks the job's worker in this process to stop it; false if it is not running here.
-pub fn cancel(app: &App, id: Uuid) -> bool {
-    match app.running.lock().expect("lock").get(&id) {
+pub fn cancel(running: &CancelHandles, id: Uuid) -> bool {
+    match running.lock().expect("lock").get(&id) {
         Some(token) => {
             token.cancel();
             true
@@ -198,7 +199,7 @@ async fn claim(app: &Arc<App>, id: Uuid) -> Result<Box<Job>, Settle> {
 async fn run_attempt(app: &Arc<App>, job: &Job, slot: &mut Slot) -> Outcome {
     let token = app.shutdown.child_token();
     app.running.lock().expect("lock").insert(job.id, token.clone());
-    let watcher = tokio::spawn(watch_cancel(app.clone(), job.id, token.clone()));
+    let watcher = tokio::spawn(watch_cancel(app.jobs.clone(), job.id, token.clone()));
     let outcome = match execute(app, job, slot, &token).await {
         Ok((results, summary)) => Outcome::Succeeded(results, summary),
         Err(Failure::Canceled) => Outcome::Canceled,
@@ -258,15 +259,15 @@ async fn queue_webhook(app: &App, id: Uuid) -> Settle {
 
 /// Keeps the job's lease fresh, and cancels the run once a cancel is asked (by whichever API
 /// replica) or the job is deleted.
-async fn watch_cancel(app: Arc<App>, id: Uuid, token: CancellationToken) {
+async fn watch_cancel(jobs: Arc<Store>, id: Uuid, token: CancellationToken) {
     let mut beat = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let asked = if beat.elapsed() >= HEARTBEAT {
             beat = tokio::time::Instant::now();
-            lifecycle::heartbeat(&app.jobs, id).await
+            lifecycle::heartbeat(&jobs, id).await
         } else {
-            app.jobs.get(id).await.map(|j| j.map(|j| j.cancel_requested))
+            jobs.get(id).await.map(|j| j.map(|j| j.cancel_requested))
         };
         match asked {
             Ok(Some(false)) => {}

@@ -4,7 +4,7 @@ use super::{download, Failure, Slot};
 use crate::app::App;
 use crate::engine::{self, EngineError};
 use crate::error::Code;
-use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Summary};
+use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Store, Summary};
 use crate::pipelines::{Engine, Preset};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ async fn run_engine(
     which: Engine,
     run: &engine::Run<'_>,
 ) -> (Result<Option<Summary>, EngineError>, Option<String>) {
-    let (progress, writer) = progress_writer(app, run.job);
+    let (progress, writer) = progress_writer(app.jobs.clone(), run.job);
     if let Some(ended) = slot.engine_ended.take() {
         app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
     }
@@ -113,9 +113,8 @@ async fn run_engine(
 
 /// A channel whose progress reports are written to the job record by a task of their own, so a
 /// chatty engine never waits on storage: reports that arrive during a write are coalesced.
-fn progress_writer(app: &Arc<App>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<()>) {
+fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<()>) {
     let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
-    let store = app.jobs.clone();
     let writer = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let p = rx.borrow_and_update().clone();
