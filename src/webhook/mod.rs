@@ -4,7 +4,7 @@
 mod record;
 mod signing;
 use record::{due, save, Due};
-pub use signing::{sign, verify, VerifyError};
+pub use signing::sign;
 
 use crate::config::WebhookConfig;
 use crate::egress::{self, Egress};
