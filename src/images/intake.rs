@@ -70,6 +70,7 @@ impl<'a> Intake<'a> {
     /// Ends the image: flushed, its structure checked to its end. Returns its type and size.
     pub async fn finish(mut self) -> Result<(Kind, u64), IntakeError> {
         self.file.flush().await?;
+        // Taken out (Drop forbids moving a field out of self); the placeholder is never used.
         let inspector = std::mem::replace(&mut self.inspector, Inspector::new(0));
         let kind = inspector.finish_file(&self.path).await?;
         self.done = true;
