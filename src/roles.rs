@@ -69,7 +69,7 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Started,
     if app.queue.held_in_memory() {
         app.recover().await?;
     }
-    let mut tasks = worker::start(&app).await;
+    let mut tasks = worker::start(&worker_context(&app)).await;
     tasks.extend(start_common(&app));
     serve_http(app, listener, tasks)
 }
@@ -97,7 +97,7 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Sta
              jobs only, so such jobs wait for a `work --gpu N` node"
         );
     }
-    let mut tasks = worker::start(&app).await;
+    let mut tasks = worker::start(&worker_context(&app)).await;
     tasks.extend(start_common(&app));
     log::info!(
         "meshroom-svc work: {} slot(s), GPUs {:?}",
@@ -119,6 +119,39 @@ pub async fn start_work(config: Config, gpus: Vec<u32>, ops: bool) -> Result<Sta
         addr: Some(addr),
         server: Some(server),
         tasks,
+    })
+}
+
+/// The parts of the process state a worker uses (see `worker::Context`).
+fn worker_context(app: &App) -> Arc<worker::Context> {
+    let config = &app.config;
+    Arc::new(worker::Context {
+        jobs: app.jobs.clone(),
+        queue: app.queue.clone(),
+        files: app.files.clone(),
+        webhooks: app.webhooks.clone(),
+        pipelines: app.pipelines.clone(),
+        metrics: app.metrics.clone(),
+        fetcher: worker::download::Fetcher {
+            files: app.files.clone(),
+            client: app
+                .egress
+                .download_client(Duration::from_secs(config.worker.download_timeout_secs)),
+            egress: app.egress.clone(),
+            limits: config.limits.clone(),
+            worker: config.worker.clone(),
+        },
+        running: app.running.clone(),
+        shutdown: app.shutdown.clone(),
+        settings: worker::Settings {
+            engine: config.engine.clone(),
+            worker: config.worker.clone(),
+            data_dir: config.server.data_dir.clone(),
+            lease: Duration::from_secs(config.queue.lease_secs),
+            max_deliveries: config.queue.max_deliveries as u32,
+            owner: app.owner(),
+            gpus: app.gpus.clone(),
+        },
     })
 }
 

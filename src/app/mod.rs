@@ -18,9 +18,6 @@ use uuid::Uuid;
 pub mod outbox;
 mod upkeep;
 
-/// Cancel handles of the jobs running in this process, by job id.
-pub type CancelHandles = std::sync::Mutex<std::collections::HashMap<Uuid, CancellationToken>>;
-
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -70,8 +67,6 @@ pub struct App {
     pub pipelines: Pipelines,
     /// Webhook sender.
     pub webhooks: Webhooks,
-    /// HTTP client for image downloads.
-    pub downloads: reqwest::Client,
     /// Where outbound requests may go.
     pub egress: crate::egress::Egress,
     /// GPUs of this process's worker slots; empty means CPU only.
@@ -79,7 +74,7 @@ pub struct App {
     /// Whether the API accepts jobs whose pipeline needs a GPU.
     accepts_gpu_jobs: bool,
     /// Cancel handles of the jobs running in this process.
-    pub running: CancelHandles,
+    pub running: Arc<crate::worker::CancelHandles>,
     /// Cancelled when the process stops: running jobs are stopped and queued again.
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
@@ -186,7 +181,6 @@ impl App {
             queue: Arc::new(queue),
             pipelines,
             webhooks,
-            downloads: egress.download_client(Duration::from_secs(config.worker.download_timeout_secs)),
             egress,
             // Behind `serve`, GPU jobs wait in their own queue for `work --gpu N` nodes.
             accepts_gpu_jobs: role == Role::Serve || !gpus.is_empty(),

@@ -43,7 +43,7 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
         true => "ok".to_string(),
         false => "error: the message broker is unreachable; reconnecting".to_string(),
     };
-    let disk = match crate::worker::disk_check(&app.config) {
+    let disk = match crate::worker::disk_check(&app.config.server.data_dir, app.config.worker.min_free_bytes) {
         Ok(line) => line,
         Err(why) => format!("error: {why}"),
     };

@@ -2,7 +2,6 @@
 //! streamed to disk with the size and type limits enforced as bytes arrive. Transient failures are
 //! retried with exponential backoff.
 
-use crate::app::App;
 use crate::config::{LimitsConfig, WorkerConfig};
 use crate::egress;
 use crate::egress::Egress;
@@ -27,24 +26,18 @@ pub fn backoff(worker: &WorkerConfig) -> ExponentialBuilder {
 
 /// What downloads use, and nothing else: the stored uploads, the HTTP client and the egress
 /// policy it applies, the limits and the retry settings.
-pub struct Fetcher<'a> {
-    files: &'a Storage,
-    client: &'a reqwest::Client,
-    egress: &'a Egress,
-    limits: &'a LimitsConfig,
-    worker: &'a WorkerConfig,
-}
-
-impl<'a> From<&'a App> for Fetcher<'a> {
-    fn from(app: &'a App) -> Fetcher<'a> {
-        Fetcher {
-            files: &app.files,
-            client: &app.downloads,
-            egress: &app.egress,
-            limits: &app.config.limits,
-            worker: &app.config.worker,
-        }
-    }
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    /// Where uploaded images were stored by the API.
+    pub files: Storage,
+    /// The client for image URLs, with the egress policy in its resolver.
+    pub client: reqwest::Client,
+    /// The egress policy, checked on each URL before it is asked.
+    pub egress: Egress,
+    /// Size, count and pixel limits, enforced as bytes arrive.
+    pub limits: LimitsConfig,
+    /// Concurrency, timeout and retry settings.
+    pub worker: WorkerConfig,
 }
 
 /// A failed download, and whether trying again may help.
@@ -59,7 +52,7 @@ impl Failed {
     }
 }
 
-impl Fetcher<'_> {
+impl Fetcher {
     /// Fetches every image of the job into `dir`, `worker.download_concurrency` at a time.
     pub async fn fetch_all(&self, job: &Job, dir: &Path) -> Result<(), ErrorInfo> {
         let total = AtomicU64::new(job.uploads.iter().map(|u| u.size).sum());
@@ -73,7 +66,7 @@ impl Fetcher<'_> {
                     let key = Job::key(job.id, &format!("inputs/{}", upload.name));
                     let dest = dir.join(&upload.name);
                     (|| self.files.fetch_to_file(&key, &dest))
-                        .retry(backoff(self.worker))
+                        .retry(backoff(&self.worker))
                         .notify(|e, wait| {
                             log::warn!(
                                 "job {}: input {} not fetched ({e}); retry in {wait:?}",
@@ -92,7 +85,7 @@ impl Fetcher<'_> {
             fetches.push(
                 async move {
                     (|| self.fetch_url(url, offset + i, dir, total))
-                        .retry(backoff(self.worker))
+                        .retry(backoff(&self.worker))
                         .when(|f: &Failed| f.transient)
                         .notify(|f: &Failed, wait| log::warn!("job {}: {}; retry in {wait:?}", job.id, f.info.message))
                         .await
@@ -156,7 +149,9 @@ impl Fetcher<'_> {
                 images::IntakeError::Io(e) => ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}")),
             })
         };
-        let mut intake = images::Intake::create(&partial, self.limits, total).await.map_err(io)?;
+        let mut intake = images::Intake::create(&partial, &self.limits, total)
+            .await
+            .map_err(io)?;
         while let Some(chunk) = body.next().await {
             intake.feed(&chunk.map_err(transport)?).await.map_err(refused)?;
         }

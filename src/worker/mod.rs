@@ -1,19 +1,21 @@
 //! Worker slots: one job at a time per GPU (one in all on CPU). Per job: download the images, run
 //! the engine, store the results, record the outcome, start the webhook.
 
-use crate::app::{App, CancelHandles};
-use crate::config::Config;
 use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
 use crate::jobs::{ErrorInfo, Job, Store};
 use crate::queue::Settle;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod context;
 pub mod download;
 mod run;
+
+pub use context::{CancelHandles, Context, Settings};
 
 use run::execute;
 
@@ -36,40 +38,43 @@ impl From<ErrorInfo> for Failure {
 
 /// Stops the engine processes that a killed predecessor on this data folder left running, then
 /// starts one task per worker slot: one per GPU, or one on CPU.
-pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
-    let stopped =
-        crate::process::kill_owned(&app.owner(), Duration::from_secs(app.config.engine.kill_grace_secs)).await;
+pub async fn start(ctx: &Arc<Context>) -> Vec<JoinHandle<()>> {
+    let stopped = crate::process::kill_owned(
+        &ctx.settings.owner,
+        Duration::from_secs(ctx.settings.engine.kill_grace_secs),
+    )
+    .await;
     if stopped > 0 {
         log::warn!("stopped {stopped} engine process(es) left by the previous worker on this data folder");
     }
-    let slots: Vec<Option<u32>> = if app.gpus.is_empty() {
+    let slots: Vec<Option<u32>> = if ctx.settings.gpus.is_empty() {
         vec![None]
     } else {
-        app.gpus.iter().map(|g| Some(*g)).collect()
+        ctx.settings.gpus.iter().map(|g| Some(*g)).collect()
     };
     slots
         .into_iter()
         .map(|gpu| {
-            let app = app.clone();
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 let mut slot = Slot {
                     gpu,
                     engine_ended: None,
                 };
                 let mut low_disk = false;
-                while let Some(taken) = app.queue.take(&app.shutdown).await {
-                    if !room_for_a_job(&app, &mut low_disk) {
+                while let Some(taken) = ctx.queue.take(&ctx.shutdown).await {
+                    if !room_for_a_job(&ctx, &mut low_disk) {
                         // Held a moment, then given back: RabbitMQ offers it to the other
                         // workers (a worker that just waited would keep it as its prefetch).
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = app.shutdown.cancelled() => {}
+                            _ = ctx.shutdown.cancelled() => {}
                         }
-                        app.queue.give_back(taken).await;
+                        ctx.queue.give_back(taken).await;
                         continue;
                     }
-                    let how = process(&app, taken.id, &mut slot).await;
-                    app.queue.settle(taken, how).await;
+                    let how = process(&ctx, taken.id, &mut slot).await;
+                    ctx.queue.settle(taken, how).await;
                 }
             })
         })
@@ -78,9 +83,7 @@ pub async fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
 
 /// Free space in the data folder against `worker.min_free_bytes`: a line for `/ready`, or why
 /// this worker takes no job.
-pub fn disk_check(config: &Config) -> Result<String, String> {
-    let min = config.worker.min_free_bytes;
-    let dir = &config.server.data_dir;
+pub fn disk_check(dir: &Path, min: u64) -> Result<String, String> {
     if min == 0 {
         return Ok("ok: not checked (worker.min_free_bytes = 0)".into());
     }
@@ -99,20 +102,20 @@ pub fn disk_check(config: &Config) -> Result<String, String> {
 }
 
 /// Whether the data folder has room for a job; logs when that changes, and sets the metric.
-fn room_for_a_job(app: &App, low: &mut bool) -> bool {
-    match disk_check(&app.config) {
+fn room_for_a_job(ctx: &Context, low: &mut bool) -> bool {
+    match disk_check(&ctx.settings.data_dir, ctx.settings.worker.min_free_bytes) {
         Ok(_) => {
             if std::mem::take(low) {
                 log::info!("disk space is back: taking jobs again");
             }
-            app.metrics.low_disk.set(0);
+            ctx.metrics.low_disk.set(0);
             true
         }
         Err(why) => {
             if !std::mem::replace(low, true) {
                 log::warn!("{why}");
             }
-            app.metrics.low_disk.set(1);
+            ctx.metrics.low_disk.set(1);
             false
         }
     }
@@ -140,49 +143,49 @@ pub fn cancel(running: &CancelHandles, id: Uuid) -> bool {
 const HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// Runs one delivered job to its end and says what to do with the message.
-async fn process(app: &Arc<App>, id: Uuid, slot: &mut Slot) -> Settle {
-    let job = match claim(app, id).await {
+async fn process(ctx: &Arc<Context>, id: Uuid, slot: &mut Slot) -> Settle {
+    let job = match claim(ctx, id).await {
         Ok(job) => job,
         Err(settle) => return settle,
     };
     log::info!("job {id}: started (attempt {}, gpu {:?})", job.attempts, slot.gpu);
-    let outcome = run_attempt(app, &job, slot).await;
-    finish(app, id, outcome).await
+    let outcome = run_attempt(ctx, &job, slot).await;
+    finish(ctx, id, outcome).await
 }
 
 /// Takes the job for this worker, or says what to do with its message instead.
-async fn claim(app: &Arc<App>, id: Uuid) -> Result<Box<Job>, Settle> {
+async fn claim(ctx: &Arc<Context>, id: Uuid) -> Result<Box<Job>, Settle> {
     // After a broker reconnect, a job this process is still running can be delivered again: wait
     // for that run to record its outcome, then this delivery finds the job done.
-    while app.running.lock().expect("lock").contains_key(&id) {
+    while ctx.running.lock().expect("lock").contains_key(&id) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let me = worker_name();
     let who = Claimant {
         worker: &me,
-        lease: Duration::from_secs(app.config.queue.lease_secs),
-        max_lost: app.config.queue.max_deliveries as u32,
+        lease: ctx.settings.lease,
+        max_lost: ctx.settings.max_deliveries,
     };
     // The record is committed before its message is published, so a missing record is a
     // deleted job: nothing to wait for.
-    let mut claimed = lifecycle::claim(&app.jobs, &app.webhooks, id, &who).await;
+    let mut claimed = lifecycle::claim(&ctx.jobs, &ctx.webhooks, id, &who).await;
     // Another worker runs it: the broker delivered it twice. Wait for its outcome, or its lease
     // to lapse (it died), without giving the message back.
     while let Ok(Some(Claim::Held)) = claimed {
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = app.shutdown.cancelled() => return Err(Settle::Requeue),
+            _ = ctx.shutdown.cancelled() => return Err(Settle::Requeue),
         }
-        claimed = lifecycle::claim(&app.jobs, &app.webhooks, id, &who).await;
+        claimed = lifecycle::claim(&ctx.jobs, &ctx.webhooks, id, &who).await;
     }
     match claimed {
         Ok(Some(Claim::Run(job))) => Ok(job),
-        Ok(Some(Claim::Done { webhook: true })) => Err(queue_webhook(app, id).await),
+        Ok(Some(Claim::Done { webhook: true })) => Err(queue_webhook(ctx, id).await),
         Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => Err(Settle::Ack),
         Ok(Some(Claim::Poison)) => {
             log::error!("job {id}: poison job, dead-lettered");
             // Dead-letter once the webhook is queued; otherwise the next delivery queues it.
-            Err(match queue_webhook(app, id).await {
+            Err(match queue_webhook(ctx, id).await {
                 Settle::Ack => Settle::DeadLetter,
                 other => other,
             })
@@ -196,48 +199,48 @@ async fn claim(app: &Arc<App>, id: Uuid) -> Result<Box<Job>, Settle> {
 }
 
 /// Runs one attempt of a claimed job, cancelable, with its lease kept fresh meanwhile.
-async fn run_attempt(app: &Arc<App>, job: &Job, slot: &mut Slot) -> Outcome {
-    let token = app.shutdown.child_token();
-    app.running.lock().expect("lock").insert(job.id, token.clone());
-    let watcher = tokio::spawn(watch_cancel(app.jobs.clone(), job.id, token.clone()));
-    let outcome = match execute(app, job, slot, &token).await {
+async fn run_attempt(ctx: &Arc<Context>, job: &Job, slot: &mut Slot) -> Outcome {
+    let token = ctx.shutdown.child_token();
+    ctx.running.lock().expect("lock").insert(job.id, token.clone());
+    let watcher = tokio::spawn(watch_cancel(ctx.jobs.clone(), job.id, token.clone()));
+    let outcome = match execute(ctx, job, slot, &token).await {
         Ok((results, summary)) => Outcome::Succeeded(results, summary),
         Err(Failure::Canceled) => Outcome::Canceled,
         Err(Failure::Interrupted) => Outcome::Interrupted,
         Err(Failure::Error(e, tail)) => Outcome::Failed(e, tail),
     };
     watcher.abort();
-    app.running.lock().expect("lock").remove(&job.id);
+    ctx.running.lock().expect("lock").remove(&job.id);
     outcome
 }
 
 /// Records an attempt's outcome, tidies its folder and starts the webhook.
-async fn finish(app: &Arc<App>, id: Uuid, outcome: Outcome) -> Settle {
-    if let Err(e) = lifecycle::record(&app.jobs, &app.webhooks, id, &outcome).await {
+async fn finish(ctx: &Arc<Context>, id: Uuid, outcome: Outcome) -> Settle {
+    if let Err(e) = lifecycle::record(&ctx.jobs, &ctx.webhooks, id, &outcome).await {
         // Not acked: the broker gives the job again and the next attempt records it.
         log::error!("job {id}: outcome could not be stored: {e}");
         return Settle::Requeue;
     }
     let failed = matches!(outcome, Outcome::Failed(..));
     let interrupted = matches!(outcome, Outcome::Interrupted);
-    let keep = (failed && app.config.worker.keep_failed_workdir) || interrupted;
+    let keep = (failed && ctx.settings.worker.keep_failed_workdir) || interrupted;
     // On shutdown the folder stays: the next attempt here resumes from Meshroom's cache.
     if !keep {
-        let _ = tokio::fs::remove_dir_all(app.work_dir(id)).await;
+        let _ = tokio::fs::remove_dir_all(ctx.work_dir(id)).await;
     }
     if interrupted {
         return Settle::Requeue;
     }
-    if let Some(j) = app.jobs.get(id).await.ok().flatten() {
+    if let Some(j) = ctx.jobs.get(id).await.ok().flatten() {
         let code = j.error.as_ref().map_or("", |e| e.code.as_str());
-        app.metrics.finished.with_label_values(&[j.status.as_str(), code]).inc();
+        ctx.metrics.finished.with_label_values(&[j.status.as_str(), code]).inc();
         log::info!(
             "job {id}: {}{}",
             j.status.as_str(),
             j.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
         );
     }
-    queue_webhook(app, id).await
+    queue_webhook(ctx, id).await
 }
 
 /// `host:pid` of this process, as recorded in the jobs it takes.
@@ -247,8 +250,8 @@ fn worker_name() -> String {
 }
 
 /// Starts the webhook of a final job; the job's message is settled only once that is done.
-async fn queue_webhook(app: &App, id: Uuid) -> Settle {
-    match app.start_webhook(id).await {
+async fn queue_webhook(ctx: &Context, id: Uuid) -> Settle {
+    match ctx.queue.schedule_webhook(id, ctx.webhooks.first_delay()).await {
         Ok(()) => Settle::Ack,
         Err(e) => {
             log::warn!("job {id}: webhook not queued ({e}); handing the job back to do it later");

@@ -1,7 +1,6 @@
 //! One attempt of a claimed job: images in, engine run with progress, results out.
 
-use super::{download, Failure, Slot};
-use crate::app::App;
+use super::{download, Context, Failure, Slot};
 use crate::engine::{self, EngineError};
 use crate::error::Code;
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Store, Summary};
@@ -16,61 +15,59 @@ use uuid::Uuid;
 
 /// Downloads, runs the engine and stores the results of a claimed job.
 pub(super) async fn execute(
-    app: &Arc<App>,
+    ctx: &Arc<Context>,
     job: &Job,
     slot: &mut Slot,
     token: &CancellationToken,
 ) -> Result<(Vec<ResultFile>, Option<Summary>), Failure> {
-    let dir = app.work_dir(job.id);
-    let stopped = || match app.shutdown.is_cancelled() {
+    let dir = ctx.work_dir(job.id);
+    let stopped = || match ctx.shutdown.is_cancelled() {
         true => Failure::Interrupted,
         false => Failure::Canceled,
     };
     let io = |e: std::io::Error| ErrorInfo::new(Code::WorkerIoError, format!("working folder: {e}"));
     let images = dir.join("images");
     let mut clock = StageClock {
-        app,
+        ctx,
         id: job.id,
         stage: Stage::Downloading,
         since: Instant::now(),
     };
     tokio::fs::create_dir_all(&images).await.map_err(io)?;
-    let fetcher = download::Fetcher::from(&**app);
     tokio::select! {
-        r = fetcher.fetch_all(job, &images) => r?,
+        r = ctx.fetcher.fetch_all(job, &images) => r?,
         _ = token.cancelled() => return Err(stopped()),
     }
-    let (preset, overrides, binary) = what_to_run(app, job)?;
+    let (preset, overrides, binary) = what_to_run(ctx, job)?;
     clock.enter(Stage::Reconstructing).await;
-    let owner = app.owner();
     let run = engine::Run {
         job: job.id,
-        owner: &owner,
+        owner: &ctx.settings.owner,
         binary: &binary,
         dir: &dir,
         pipeline: &preset.pipeline,
         overrides: &overrides,
         gpu: slot.gpu,
         timeout: Duration::from_secs(job.timeout_secs),
-        grace: Duration::from_secs(app.config.engine.kill_grace_secs),
-        config: &app.config.engine,
+        grace: Duration::from_secs(ctx.settings.engine.kill_grace_secs),
+        config: &ctx.settings.engine,
     };
-    let (result, tail) = run_engine(app, slot, token, preset.engine, &run).await;
+    let (result, tail) = run_engine(ctx, slot, token, preset.engine, &run).await;
     let summary = match result {
         Err(EngineError::Canceled) => return Err(stopped()),
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
         Ok(summary) => summary,
     };
     clock.enter(Stage::Uploading).await;
-    let results = store_results(app, job.id, &run.output_dir())
+    let results = store_results(ctx, job.id, &run.output_dir())
         .await
         .map_err(Failure::from)?;
     Ok((results, summary))
 }
 
 /// The preset a job names, its parameters as engine overrides, and the engine's program.
-fn what_to_run<'a>(app: &'a App, job: &Job) -> Result<(&'a Preset, Vec<String>, PathBuf), ErrorInfo> {
-    let preset = app.pipelines.get(&job.pipeline).ok_or_else(|| {
+fn what_to_run<'a>(ctx: &'a Context, job: &Job) -> Result<(&'a Preset, Vec<String>, PathBuf), ErrorInfo> {
+    let preset = ctx.pipelines.get(&job.pipeline).ok_or_else(|| {
         ErrorInfo::new(
             Code::UnknownPipeline,
             format!("pipeline '{}' is not configured", job.pipeline),
@@ -79,22 +76,22 @@ fn what_to_run<'a>(app: &'a App, job: &Job) -> Result<(&'a Preset, Vec<String>, 
     let overrides = preset
         .overrides_with(&job.params)
         .map_err(|e| ErrorInfo::new(Code::InvalidParam, e.to_string()))?;
-    let binary = engine::find_binary(preset.engine, &app.config.engine).map_err(|e| e.to_error_info())?;
+    let binary = engine::find_binary(preset.engine, &ctx.settings.engine).map_err(|e| e.to_error_info())?;
     Ok((preset, overrides, binary))
 }
 
 /// Runs the engine, its progress written to the job as it changes; the tail of its log is kept
 /// in storage whatever happened (for `GET /jobs/{id}/log`) and returned with the result.
 async fn run_engine(
-    app: &Arc<App>,
+    ctx: &Arc<Context>,
     slot: &mut Slot,
     token: &CancellationToken,
     which: Engine,
     run: &engine::Run<'_>,
 ) -> (Result<Option<Summary>, EngineError>, Option<String>) {
-    let (progress, writer) = progress_writer(app.jobs.clone(), run.job);
+    let (progress, writer) = progress_writer(ctx.jobs.clone(), run.job);
     if let Some(ended) = slot.engine_ended.take() {
-        app.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
+        ctx.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
     }
     let result = engine::reconstruct(which, run, token, |p| {
         let _ = progress.send(p);
@@ -103,9 +100,9 @@ async fn run_engine(
     slot.engine_ended = Some(Instant::now());
     drop(progress);
     let _ = writer.await;
-    let tail = engine::tail(&run.log_path(), app.config.engine.log_tail_bytes);
+    let tail = engine::tail(&run.log_path(), ctx.settings.engine.log_tail_bytes);
     let log = tail.as_deref().unwrap_or("").as_bytes();
-    if let Err(e) = app.files.put_bytes(&Job::key(run.job, "engine.log"), log).await {
+    if let Err(e) = ctx.files.put_bytes(&Job::key(run.job, "engine.log"), log).await {
         log::warn!("job {}: engine log not stored: {e}", run.job);
     }
     (result, tail)
@@ -129,7 +126,7 @@ fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<P
 /// Records stage changes in the job and stage durations in the metrics (the last one on drop,
 /// whichever way the attempt ends).
 struct StageClock<'a> {
-    app: &'a App,
+    ctx: &'a Context,
     id: Uuid,
     stage: Stage,
     since: Instant,
@@ -139,7 +136,7 @@ impl StageClock<'_> {
     async fn enter(&mut self, stage: Stage) {
         self.observe();
         (self.stage, self.since) = (stage, Instant::now());
-        if let Err(e) = self.app.jobs.update(self.id, |j| j.stage = Some(stage)).await {
+        if let Err(e) = self.ctx.jobs.update(self.id, |j| j.stage = Some(stage)).await {
             log::warn!("job {}: stage not stored: {e}", self.id);
         }
     }
@@ -149,7 +146,7 @@ impl StageClock<'_> {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        self.app
+        self.ctx
             .metrics
             .stage_seconds
             .with_label_values(&[name.as_str()])
@@ -164,15 +161,15 @@ impl Drop for StageClock<'_> {
 }
 
 /// Moves every output file into storage under `jobs/{id}/results/`.
-async fn store_results(app: &App, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
+async fn store_results(ctx: &Context, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
     let mut files = collect_files(output).map_err(|e| ErrorInfo::new(Code::WorkerIoError, e.to_string()))?;
     files.sort();
     let mut results = Vec::new();
     for (name, path) in files {
         let key = Job::key(id, &format!("results/{name}"));
         // Copied, not moved: if this attempt dies half-way, the next one still has every file.
-        let size = (|| app.files.put_file(&key, &path))
-            .retry(download::backoff(&app.config.worker))
+        let size = (|| ctx.files.put_file(&key, &path))
+            .retry(download::backoff(&ctx.settings.worker))
             .notify(|e, wait| log::warn!("job {id}: result {name} not stored ({e}); retry in {wait:?}"))
             .await
             .map_err(|e| ErrorInfo::new(Code::StorageError, e.to_string()))?;

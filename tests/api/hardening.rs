@@ -445,6 +445,7 @@ async fn a_full_disk_takes_no_job_and_says_why() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "full"), ignore = "full tier (Debian's python3-open3d): scripts/test")]
 async fn open3d_is_looked_for_where_debian_puts_it() {
     let app = spawn_app_with(|c| c.engine.python = "/nonexistent/python3".into(), vec![]).await;
     assert_eq!(
