@@ -28,6 +28,10 @@ pub enum Command {
     Work(WorkArgs),
     /// API and worker in one process, with an in-process queue and local storage: nothing else to run.
     AllInOne(AllInOneArgs),
+    /// Manage API keys in the job database the config names (MESHROOM_SVC_DATABASE_URL, else
+    /// all-in-one's meshroom.db in the data folder). Keys take effect on running services within
+    /// 5 seconds.
+    Keys(KeysArgs),
     /// Exit 0 if URL answers 2xx within 5 s (a container health check without curl).
     Health {
         /// e.g. http://127.0.0.1:8080/ready
@@ -75,6 +79,50 @@ pub struct AllInOneArgs {
     /// that need a GPU are refused at submit.
     #[arg(long, value_name = "LIST", default_value = "auto", value_parser = parse_gpus)]
     pub gpu: Gpus,
+}
+
+/// Flags of `keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Folder whose meshroom.db holds the keys, without MESHROOM_SVC_DATABASE_URL [default:
+    /// server.data_dir, ./data].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a key. Prints its record, then the key itself as the last line of stdout: it is
+    /// shown once, and only its hash is stored.
+    Create {
+        /// The tenant it acts for (a-z, 0-9, '-', '_'; the jobs of a tenant are its own).
+        #[arg(long)]
+        tenant: String,
+        /// read: its tenant's jobs; submit: also submit, cancel, retry, delete; admin: every tenant.
+        #[arg(long, value_enum, default_value = "submit")]
+        role: crate::tenants::Role,
+        /// A label for people, e.g. who holds the key.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Stops working after this long, e.g. 90d, 12h [default: never].
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List every key (never the keys themselves).
+    List {
+        /// As JSON, one array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id (the part after msk_, as `keys list` shows).
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 /// A `--gpu` value.

@@ -74,8 +74,9 @@ codes! {
     UnknownField = "unknown_field", 400, Answer, "a form field this API does not know";
     InvalidIdempotencyKey = "invalid_idempotency_key", 400, Answer, "the Idempotency-Key header is not 1 to 255 visible ASCII characters";
     InvalidQuery = "invalid_query", 400, Answer, "a query parameter is malformed or out of range";
-    MissingApiKey = "missing_api_key", 401, Answer, "the route needs an X-API-Key header";
-    InvalidApiKey = "invalid_api_key", 401, Answer, "the X-API-Key is not one of the configured keys";
+    MissingApiKey = "missing_api_key", 401, Answer, "the route needs an API key (X-API-Key, or Authorization: Bearer)";
+    InvalidApiKey = "invalid_api_key", 401, Answer, "the API key is unknown, revoked or expired";
+    Forbidden = "forbidden", 403, Answer, "the key's role may not do this (a read key submitting, say)";
     JobNotFound = "job_not_found", 404, Answer, "no job has this id";
     FileNotFound = "file_not_found", 404, Answer, "the job has no result file of this name";
     LogNotFound = "log_not_found", 404, Answer, "the engine has not run for this job";

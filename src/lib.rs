@@ -18,5 +18,6 @@ pub mod process;
 pub mod queue;
 pub mod roles;
 pub mod storage;
+pub mod tenants;
 pub mod webhook;
 pub mod worker;

@@ -24,6 +24,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(path.as_deref())?;
     let running = match cli.command {
         Command::Health { url } => return health(&url).await,
+        Command::Keys(args) => {
+            apply(&mut config, None, args.data_dir);
+            let out = meshroom_svc::tenants::command::run(&config, args.action).await?;
+            print!("{out}");
+            return Ok(());
+        }
         Command::AllInOne(args) => {
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;

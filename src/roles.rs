@@ -50,13 +50,15 @@ async fn wait_for_signal() -> std::io::Result<()> {
 /// S3 when configured.
 pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Started, StartError> {
     let listen = config.listen_addr();
-    if !listen.ip().is_loopback() && config.secrets.api_keys.is_empty() {
-        return Err(StartError::Refused(format!(
-            "refusing to listen on {listen} without an API key: set MESHROOM_SVC_API_KEYS or listen on 127.0.0.1"
-        )));
-    }
     let listener = bind(listen)?;
     let app = App::open(config, gpus, Role::AllInOne).await?;
+    let keyed = !app.config.secrets.api_keys.is_empty() || app.keys.any_active().await.unwrap_or(false);
+    if !listen.ip().is_loopback() && !keyed {
+        return Err(StartError::Refused(format!(
+            "refusing to listen on {listen} without an API key: make one (meshroom-svc keys create \
+             --tenant NAME), set MESHROOM_SVC_API_KEYS, or listen on 127.0.0.1"
+        )));
+    }
     if app.pipelines.get(app.default_pipeline()).is_some_and(|p| p.gpu) && !app.gpu_available() {
         return Err(StartError::Refused(format!(
             "server.default_pipeline = \"{}\" needs a GPU and this process has none (--gpu none, or \

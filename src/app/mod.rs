@@ -61,6 +61,8 @@ pub struct App {
     pub files: Storage,
     /// The job records (SQLite or PostgreSQL).
     pub jobs: Arc<Store>,
+    /// API keys in the job database.
+    pub keys: Arc<crate::tenants::Keys>,
     /// Jobs waiting for a worker.
     pub queue: Arc<Queue>,
     /// Presets.
@@ -86,6 +88,30 @@ pub struct App {
     mesher: String,
 }
 
+/// Opens (and migrates) the job database a role uses: MESHROOM_SVC_DATABASE_URL when set, else
+/// for all-in-one (and the `keys` commands) `meshroom.db` in the data folder.
+pub async fn open_database(config: &Config, role: Role) -> Result<Db, StartError> {
+    let data_dir = &config.server.data_dir;
+    let database_url = config.secrets.database_url.as_ref().map(ExposeSecret::expose_secret);
+    match (database_url, role) {
+        (Some(url), _) => Db::open(url, config.database.max_connections)
+            .await
+            .map_err(|e| StartError::Database(crate::jobs::db::redacted(url), e)),
+        (None, Role::AllInOne) => {
+            std::fs::create_dir_all(data_dir).map_err(|e| StartError::Bind(data_dir.display().to_string(), e))?;
+            let path = data_dir.join("meshroom.db");
+            Db::open_file(&path, config.database.max_connections)
+                .await
+                .map_err(|e| StartError::Database(path.display().to_string(), e))
+        }
+        (None, _) => Err(StartError::Refused(
+            "set MESHROOM_SVC_DATABASE_URL (postgres://user:password@host:5432/db): every serve and \
+             work process must share one job database"
+                .into(),
+        )),
+    }
+}
+
 impl App {
     /// Opens storage, presets and the queue for a role.
     pub async fn open(mut config: Config, gpus: Vec<u32>, role: Role) -> Result<Arc<App>, StartError> {
@@ -99,25 +125,7 @@ impl App {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
-        let database_url = config.secrets.database_url.as_ref().map(ExposeSecret::expose_secret);
-        let db = match (database_url, role) {
-            (Some(url), _) => Db::open(url, config.database.max_connections)
-                .await
-                .map_err(|e| StartError::Database(crate::jobs::db::redacted(url), e))?,
-            (None, Role::AllInOne) => {
-                let path = data_dir.join("meshroom.db");
-                Db::open_file(&path, config.database.max_connections)
-                    .await
-                    .map_err(|e| StartError::Database(path.display().to_string(), e))?
-            }
-            (None, _) => {
-                return Err(StartError::Refused(
-                    "set MESHROOM_SVC_DATABASE_URL (postgres://user:password@host:5432/db): every serve and \
-                     work process must share one job database"
-                        .into(),
-                ))
-            }
-        };
+        let db = open_database(&config, role).await?;
         log::info!("job database: {}", db.kind());
         let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
         let default = &config.server.default_pipeline;
@@ -171,11 +179,13 @@ impl App {
                 Queue::Rabbitmq(Amqp::start(url, topology, consume, shutdown.clone()))
             }
         };
+        let keys = Arc::new(crate::tenants::Keys::new(db.clone()));
         let store = Arc::new(Store::new(db));
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
         Ok(Arc::new(App {
             jobs: store,
+            keys,
             published,
             files: storage,
             queue: Arc::new(queue),

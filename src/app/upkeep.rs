@@ -37,10 +37,10 @@ impl App {
     /// record names, never a job without its files). False, with nothing deleted, if it did not
     /// exist or a worker is running it.
     pub async fn remove_job(&self, id: Uuid) -> Result<bool, StoreError> {
-        if !self.jobs.remove(id).await? {
+        let Some(tenant) = self.jobs.remove(id).await? else {
             return Ok(false);
-        }
-        if let Err(e) = self.files.delete_prefix(&Job::key(id, "")).await {
+        };
+        if let Err(e) = self.files.delete_prefix(&Job::key(&tenant, id, "")).await {
             log::warn!("job {id}: record deleted, but not all its files: {e}");
         }
         let _ = tokio::fs::remove_dir_all(self.work_dir(id)).await;

@@ -1,11 +1,13 @@
 //! Job routes: read, list, cancel, retry, delete, result files and the engine log.
 
+use super::auth::require;
 use super::{submit, ApiError};
 use crate::app::App;
 use crate::error::Code;
 use crate::jobs::lifecycle::{self, Cancel};
 use crate::jobs::{Filter, Job, JobView, Status, Store};
 use crate::storage::Storage;
+use crate::tenants::{Principal, Role};
 use crate::{engine, worker};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -36,15 +38,24 @@ fn job_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::job_not_found())
 }
 
-async fn find(jobs: &Store, id: &str) -> Result<Job, ApiError> {
-    jobs.get(job_id(id)?).await?.ok_or_else(ApiError::job_not_found)
+/// The job, if it exists and the principal may see it: another tenant's job answers exactly as
+/// a job that does not exist, after the same one read.
+async fn find(jobs: &Store, who: &Principal, id: &str) -> Result<Job, ApiError> {
+    jobs.get(job_id(id)?)
+        .await?
+        .filter(|job| who.sees(&job.tenant))
+        .ok_or_else(ApiError::job_not_found)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn get(jobs: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(JobView::from(find(&jobs, &id).await?)))
+pub(super) async fn get(
+    jobs: web::Data<Store>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(JobView::from(find(&jobs, &who, &id).await?)))
 }
 
 /// `GET /jobs` query.
@@ -95,12 +106,17 @@ pub struct JobPage {
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobPage), (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn list(jobs: web::Data<Store>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn list(
+    jobs: web::Data<Store>,
+    who: Principal,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::new(Code::InvalidQuery, "limit must be 1 to 100"));
     }
     let filter = Filter {
+        tenant: who.scope().map(String::from),
         status: q.status,
         pipeline: q.pipeline.clone(),
         created_after: q.created_after,
@@ -126,8 +142,13 @@ pub(super) async fn list(jobs: web::Data<Store>, q: web::Query<ListQuery>) -> Re
         (status = 202, description = "Stopping (it is running)", body = JobView),
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&id)?;
+pub(super) async fn cancel(
+    app: web::Data<App>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&who, Role::Submit)?;
+    let id = find(&app.jobs, &who, &id).await?.id;
     let canceled = lifecycle::cancel(&app.jobs, &app.webhooks, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
@@ -153,8 +174,13 @@ pub(super) async fn cancel(app: web::Data<App>, id: web::Path<String>) -> Result
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 202, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&id)?;
+pub(super) async fn retry(
+    app: web::Data<App>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&who, Role::Submit)?;
+    let id = find(&app.jobs, &who, &id).await?.id;
     let retried = lifecycle::retry(&app.jobs, id)
         .await?
         .ok_or_else(ApiError::job_not_found)?
@@ -171,8 +197,13 @@ pub(super) async fn retry(app: web::Data<App>, id: web::Path<String>) -> Result<
     responses((status = 204, description = "Deleted with its files"), (status = 401, body = super::ErrorBody),
         (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let id = job_id(&id)?;
+pub(super) async fn delete(
+    app: web::Data<App>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require(&who, Role::Submit)?;
+    let id = find(&app.jobs, &who, &id).await?.id;
     if !app.remove_job(id).await? {
         // A worker runs it (the store never deletes a processing job), or another request
         // deleted it meanwhile.
@@ -195,16 +226,17 @@ pub(super) async fn delete(app: web::Data<App>, id: web::Path<String>) -> Result
 pub(super) async fn file(
     jobs: web::Data<Store>,
     files: web::Data<Storage>,
+    who: Principal,
     path: web::Path<(String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
-    let job = find(&jobs, &id).await?;
+    let job = find(&jobs, &who, &id).await?;
     let not_found = || ApiError::new(Code::FileNotFound, format!("the job has no result file '{name}'"));
     if !job.results.iter().any(|r| r.name == name) {
         return Err(not_found());
     }
-    let key = Job::key(job.id, &format!("results/{name}"));
+    let key = job.file_key(&format!("results/{name}"));
     if let Some(url) = files.presigned_url(&key).await? {
         // S3: the client downloads straight from the bucket, Range and all.
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
@@ -221,8 +253,12 @@ pub(super) async fn file(
     responses((status = 200, description = "Tail of the engine log", content_type = "text/plain"),
         (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
-pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = find(&app.jobs, &id).await?;
+pub(super) async fn log_tail(
+    app: web::Data<App>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = find(&app.jobs, &who, &id).await?;
     let max = app.config.engine.log_tail_bytes;
     let live = app.work_dir(job.id).join("engine.log");
     let text = match job.status {
@@ -231,7 +267,7 @@ pub(super) async fn log_tail(app: web::Data<App>, id: web::Path<String>) -> Resu
     };
     let text = match text {
         Some(t) => t,
-        None => match app.files.get_bytes(&Job::key(job.id, "engine.log")).await {
+        None => match app.files.get_bytes(&job.file_key("engine.log")).await {
             Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
             _ => return Err(ApiError::new(Code::LogNotFound, "the engine has not run for this job")),
         },

@@ -83,10 +83,11 @@ pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Prometheus metrics of this process", content_type = "text/plain"),
-        (status = 401, description = "server.metrics_public = false and no valid X-API-Key", body = super::ErrorBody)))]
+        (status = 401, description = "server.metrics_public = false and no admin key", body = super::ErrorBody)))]
 pub(super) async fn metrics(app: web::Data<App>, req: HttpRequest) -> Result<HttpResponse, super::ApiError> {
     if !app.config.server.metrics_public {
-        super::check_api_key(&app, &req)?;
+        let who = super::auth::resolve(&app, &req).await?;
+        super::auth::require(&who, crate::tenants::Role::Admin)?;
     }
     if let Some(depth) = app.queue.depth().await {
         app.metrics.queue_depth.set(depth as i64);

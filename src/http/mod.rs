@@ -8,14 +8,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse, ResponseError};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::net::TcpListener;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
+mod auth;
 mod files;
 mod job_request;
 mod jobs;
@@ -134,9 +132,11 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
             )
             .configure(meta::configure)
             .service(
-                web::scope("/api/v1")
-                    .configure(openapi::configure)
-                    .service(web::scope("").wrap(from_fn(require_api_key)).configure(jobs::configure)),
+                web::scope("/api/v1").configure(openapi::configure).service(
+                    web::scope("")
+                        .wrap(from_fn(auth::authenticate))
+                        .configure(jobs::configure),
+                ),
             )
             .default_service(web::to(|| async {
                 ApiError::new(Code::NotFound, "no such route").error_response()
@@ -198,52 +198,4 @@ async fn head_as_get(
         req.head_mut().method = actix_web::http::Method::GET;
     }
     next.call(req).await
-}
-
-/// Rejects requests without a configured `X-API-Key` (when any key is configured).
-async fn require_api_key(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let app = req.app_data::<web::Data<App>>().expect("app data").clone();
-    check_api_key(&app, req.request())?;
-    next.call(req).await
-}
-
-/// Ok when no key is configured or the request carries a configured `X-API-Key`.
-fn check_api_key(app: &App, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
-    let keys = &app.config.secrets.api_keys;
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let Some(given) = req.headers().get("x-api-key") else {
-        return Err(ApiError::new(Code::MissingApiKey, "send an X-API-Key header"));
-    };
-    if !key_matches(keys, given.as_bytes()) {
-        return Err(ApiError::new(Code::InvalidApiKey, "the X-API-Key is not valid"));
-    }
-    Ok(())
-}
-
-/// Compares digests in constant time against every key, so neither the match nor its position
-/// nor the key lengths show in the timing.
-fn key_matches(keys: &[SecretString], given: &[u8]) -> bool {
-    let given = Sha256::digest(given);
-    keys.iter().fold(0u8, |found, k| {
-        found | Sha256::digest(k.expose_secret().as_bytes()).ct_eq(&given).unwrap_u8()
-    }) == 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_match_exactly() {
-        let keys = vec![SecretString::from("alpha"), SecretString::from("beta")];
-        assert!(key_matches(&keys, b"beta"));
-        assert!(!key_matches(&keys, b"bet"));
-        assert!(!key_matches(&keys, b"betaa"));
-        assert!(!key_matches(&[], b""));
-    }
 }

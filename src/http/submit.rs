@@ -1,6 +1,7 @@
 //! `POST /jobs` (and its alias `POST /reconstruct`): JSON with image URLs, or multipart with the
 //! images streamed to disk as they arrive, checked against the limits before they are kept.
 
+use super::auth::require;
 use super::job_request::{fill_job, SubmitForm, SubmitRequest};
 use super::request_log::RequestId;
 use super::staging::{next_within, Staging};
@@ -8,6 +9,7 @@ use super::{multipart, ApiError};
 use crate::app::App;
 use crate::error::Code;
 use crate::jobs::{Job, JobView, Upload};
+use crate::tenants::{Principal, Role};
 use actix_multipart::Multipart;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use std::path::{Path, PathBuf};
@@ -21,23 +23,27 @@ use std::path::{Path, PathBuf};
     responses(
         (status = 202, description = "Accepted and stored", body = JobView),
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
-        (status = 408, body = super::ErrorBody),
+        (status = 403, body = super::ErrorBody), (status = 408, body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
         (status = 422, body = super::ErrorBody), (status = 503, body = super::ErrorBody),
     ),
     security(("api_key" = [])))]
 pub(super) async fn submit(
     app: web::Data<App>,
+    who: Principal,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    require(&who, Role::Submit)?;
     let idempotency_key = idempotency_key(&req)?;
     if let Some(key) = &idempotency_key {
-        if let Some(job) = app.jobs.find_idempotent(key).await? {
+        // Keys are per tenant: another tenant's key names nothing here.
+        if let Some(job) = app.jobs.find_idempotent(&who.tenant, key).await? {
             return Ok(accepted(&job, true));
         }
     }
     let mut job = Job::new(String::new(), 0);
+    job.tenant = who.tenant.clone();
     // Removed however this request ends, a client reset included (see `staging`).
     let staging = Staging::new(app.tmp_dir().join(job.id.to_string()));
     let (request, uploads) = read_body(&app, &req, payload, staging.dir()).await?;
@@ -51,7 +57,7 @@ pub(super) async fn submit(
     let stored = app.jobs.insert(job).await?;
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.
-        let _ = app.files.delete_prefix(&Job::key(new_id, "")).await;
+        let _ = app.files.delete_prefix(&Job::key(&stored.tenant, new_id, "")).await;
         return Ok(accepted(&stored, true));
     }
     if let Err(e) = app.publish(&stored).await {
@@ -102,7 +108,7 @@ async fn read_body(
 async fn store_inputs(app: &App, job: &Job, staged: &[PathBuf]) -> Result<(), ApiError> {
     for (upload, path) in job.uploads.iter().zip(staged) {
         app.files
-            .store_file(&Job::key(job.id, &format!("inputs/{}", upload.name)), path)
+            .store_file(&job.file_key(&format!("inputs/{}", upload.name)), path)
             .await
             .map_err(|e| {
                 log::error!("job {}: storing an upload failed: {e}", job.id);
@@ -111,7 +117,7 @@ async fn store_inputs(app: &App, job: &Job, staged: &[PathBuf]) -> Result<(), Ap
     }
     if !job.uploads.is_empty() {
         app.files
-            .sync_folders(&Job::key(job.id, "inputs"))
+            .sync_folders(&job.file_key("inputs"))
             .await
             .map_err(ApiError::from)?;
     }
@@ -130,10 +136,11 @@ async fn store_inputs(app: &App, job: &Job, staged: &[PathBuf]) -> Result<(), Ap
     security(("api_key" = [])))]
 pub(super) async fn reconstruct(
     app: web::Data<App>,
+    who: Principal,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    submit(app, req, payload).await
+    submit(app, who, req, payload).await
 }
 
 fn accepted(job: &Job, replayed: bool) -> HttpResponse {

@@ -120,7 +120,7 @@ pub struct Summary {
     pub mesh: bool,
 }
 
-/// An image uploaded with the job and kept in storage under `jobs/{id}/inputs/{name}`.
+/// An image uploaded with the job and kept in storage under `inputs/{name}` of the job's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Upload {
     /// File name in storage.
@@ -129,7 +129,7 @@ pub struct Upload {
     pub size: u64,
 }
 
-/// A result file kept in storage under `jobs/{id}/results/{name}`.
+/// A result file kept in storage under `results/{name}` of the job's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResultFile {
     /// Path relative to the result folder.
@@ -186,6 +186,9 @@ pub struct Delivery {
 pub struct Job {
     /// UUIDv7: ids sort by creation time.
     pub id: Uuid,
+    /// The tenant it belongs to (jobs from before tenants: `default`).
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     /// Lifecycle state.
     pub status: Status,
     /// Stage while processing.
@@ -251,6 +254,7 @@ impl Job {
         let now = Utc::now();
         Job {
             id: Uuid::now_v7(),
+            tenant: crate::tenants::DEFAULT_TENANT.to_string(),
             status: Status::Enqueued,
             stage: None,
             progress: Progress::default(),
@@ -318,10 +322,28 @@ impl Job {
         }
     }
 
-    /// Storage key of a file of this job.
-    pub fn key(id: Uuid, rest: &str) -> String {
-        format!("jobs/{id}/{rest}")
+    /// Storage key of a file of this job (see `Job::key`).
+    pub fn file_key(&self, rest: &str) -> String {
+        Job::key(&self.tenant, self.id, rest)
     }
+
+    /// Storage key of a file of a job: `tenants/{tenant}/jobs/{id}/{rest}`, and for the default
+    /// tenant `jobs/{id}/{rest}`, where jobs from before tenants keep their files.
+    pub fn key(tenant: &str, id: Uuid, rest: &str) -> String {
+        match tenant {
+            crate::tenants::DEFAULT_TENANT => format!("jobs/{id}/{rest}"),
+            _ => format!("tenants/{tenant}/jobs/{id}/{rest}"),
+        }
+    }
+
+    /// The value of the unique `idempotency_key` column: the key within its tenant.
+    pub fn idempotency_scope(tenant: &str, key: &str) -> String {
+        format!("{tenant}/{key}")
+    }
+}
+
+fn default_tenant() -> String {
+    crate::tenants::DEFAULT_TENANT.to_string()
 }
 
 #[cfg(test)]

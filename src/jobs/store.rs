@@ -25,6 +25,8 @@ pub enum StoreError {
 /// Which jobs a list shows; every field narrows it.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Only this tenant's jobs (none: every tenant's, for admins).
+    pub tenant: Option<String>,
     /// Only this status.
     pub status: Option<Status>,
     /// Only this preset.
@@ -110,7 +112,7 @@ impl Store {
             }
             let Some(k) = &job.idempotency_key else { break };
             // The key's job may be deleted between the two statements: then insert again.
-            if let Some(earlier) = self.find_idempotent(k).await? {
+            if let Some(earlier) = self.find_idempotent(&job.tenant, k).await? {
                 return Ok(earlier);
             }
         }
@@ -120,11 +122,12 @@ impl Store {
         ))))
     }
 
-    /// The job submitted with this idempotency key, if any.
-    pub async fn find_idempotent(&self, idempotency_key: &str) -> Result<Option<Job>, StoreError> {
+    /// The job a tenant submitted with this idempotency key, if any.
+    pub async fn find_idempotent(&self, tenant: &str, idempotency_key: &str) -> Result<Option<Job>, StoreError> {
         let sql = "SELECT doc FROM jobs WHERE idempotency_key = $1";
+        let scoped = Job::idempotency_scope(tenant, idempotency_key);
         let doc: Option<String> =
-            on!(&self.db, pool => sqlx::query_scalar(sql).bind(idempotency_key).fetch_optional(pool).await?);
+            on!(&self.db, pool => sqlx::query_scalar(sql).bind(scoped).fetch_optional(pool).await?);
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
     }
 
@@ -198,6 +201,9 @@ impl Store {
             params.push(p);
             sql.push_str(&format!(" AND {column} {op} ${}", params.len()));
         };
+        if let Some(t) = &filter.tenant {
+            cond("tenant", "=", Param::Text(t.clone()));
+        }
         if let Some(s) = filter.status {
             cond("status", "=", Param::Text(s.as_str().into()));
         }
@@ -235,13 +241,13 @@ impl Store {
         Ok((jobs, next))
     }
 
-    /// Deletes a job's record unless a worker is running it; false if there was none to delete.
-    /// Its files are the caller's to delete, after: a crash in between leaves files no record
-    /// names, never a record without files.
-    pub async fn remove(&self, id: Uuid) -> Result<bool, StoreError> {
-        let sql = "DELETE FROM jobs WHERE id = $1 AND status <> 'processing'";
-        let n = on!(&self.db, pool => sqlx::query(sql).bind(key(id)).execute(pool).await?.rows_affected());
-        Ok(n == 1)
+    /// Deletes a job's record unless a worker is running it; returns its tenant, or none if there
+    /// was none to delete. Its files are the caller's to delete, after: a crash in between leaves
+    /// files no record names, never a record without files.
+    pub async fn remove(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        let sql = "DELETE FROM jobs WHERE id = $1 AND status <> 'processing' RETURNING tenant";
+        let tenant = on!(&self.db, pool => sqlx::query_scalar(sql).bind(key(id)).fetch_optional(pool).await?);
+        Ok(tenant)
     }
 
     /// Records that a webhook endpoint answered 410 Gone.

@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub struct JobView {
     /// UUIDv7: ids sort by creation time.
     pub id: Uuid,
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Lifecycle state.
     pub status: Status,
     /// Stage while processing.
@@ -67,6 +69,7 @@ impl From<Job> for JobView {
     fn from(j: Job) -> JobView {
         JobView {
             id: j.id,
+            tenant: j.tenant,
             status: j.status,
             stage: j.stage,
             progress: j.progress,

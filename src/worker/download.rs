@@ -63,7 +63,7 @@ impl Fetcher {
         for upload in &job.uploads {
             fetches.push(
                 async move {
-                    let key = Job::key(job.id, &format!("inputs/{}", upload.name));
+                    let key = job.file_key(&format!("inputs/{}", upload.name));
                     let dest = dir.join(&upload.name);
                     (|| self.files.fetch_to_file(&key, &dest))
                         .retry(backoff(&self.worker))

@@ -52,14 +52,14 @@ pub(super) async fn execute(
         grace: Duration::from_secs(ctx.settings.engine.kill_grace_secs),
         config: &ctx.settings.engine,
     };
-    let (result, tail) = run_engine(ctx, slot, token, preset.engine, &run).await;
+    let (result, tail) = run_engine(ctx, slot, token, preset.engine, &run, job.file_key("engine.log")).await;
     let summary = match result {
         Err(EngineError::Canceled) => return Err(stopped()),
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
         Ok(summary) => summary,
     };
     clock.enter(Stage::Uploading).await;
-    let results = store_results(ctx, job.id, &run.output_dir())
+    let results = store_results(ctx, job, &run.output_dir())
         .await
         .map_err(Failure::from)?;
     Ok((results, summary))
@@ -88,6 +88,7 @@ async fn run_engine(
     token: &CancellationToken,
     which: Engine,
     run: &engine::Run<'_>,
+    log_key: String,
 ) -> (Result<Option<Summary>, EngineError>, Option<String>) {
     let (progress, writer) = progress_writer(ctx.jobs.clone(), run.job);
     if let Some(ended) = slot.engine_ended.take() {
@@ -102,7 +103,7 @@ async fn run_engine(
     let _ = writer.await;
     let tail = engine::tail(&run.log_path(), ctx.settings.engine.log_tail_bytes);
     let log = tail.as_deref().unwrap_or("").as_bytes();
-    if let Err(e) = ctx.files.put_bytes(&Job::key(run.job, "engine.log"), log).await {
+    if let Err(e) = ctx.files.put_bytes(&log_key, log).await {
         log::warn!("job {}: engine log not stored: {e}", run.job);
     }
     (result, tail)
@@ -160,13 +161,14 @@ impl Drop for StageClock<'_> {
     }
 }
 
-/// Moves every output file into storage under `jobs/{id}/results/`.
-async fn store_results(ctx: &Context, id: Uuid, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
+/// Copies every output file into storage, under `results/` of the job's files.
+async fn store_results(ctx: &Context, job: &Job, output: &Path) -> Result<Vec<ResultFile>, ErrorInfo> {
+    let id = job.id;
     let mut files = collect_files(output).map_err(|e| ErrorInfo::new(Code::WorkerIoError, e.to_string()))?;
     files.sort();
     let mut results = Vec::new();
     for (name, path) in files {
-        let key = Job::key(id, &format!("results/{name}"));
+        let key = job.file_key(&format!("results/{name}"));
         // Copied, not moved: if this attempt dies half-way, the next one still has every file.
         let size = (|| ctx.files.put_file(&key, &path))
             .retry(download::backoff(&ctx.settings.worker))

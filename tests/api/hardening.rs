@@ -371,7 +371,7 @@ async fn downloads_follow_rfc_9110_ranges_and_conditions() {
 }
 
 #[tokio::test]
-async fn metrics_can_require_the_api_key() {
+async fn metrics_can_require_an_admin_key() {
     let key = "k-metrics".to_string();
     let open = spawn_app_with(|c| c.secrets.api_keys = vec![key.clone().into()], vec![]).await;
     let anonymous = reqwest::Client::new();
@@ -386,7 +386,20 @@ async fn metrics_can_require_the_api_key() {
     .await;
     let resp = anonymous.get(closed.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(closed.get("/metrics").await.status(), 200, "with the key");
+    assert_eq!(closed.get("/metrics").await.status(), 403, "a submit key is not enough");
+    let (_, admin) = closed
+        .app
+        .keys
+        .create("ops", meshroom_svc::tenants::Role::Admin, "", None)
+        .await
+        .unwrap();
+    let resp = anonymous
+        .get(closed.url("/metrics"))
+        .header("x-api-key", secrecy::ExposeSecret::expose_secret(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "with an admin key");
     assert_eq!(anonymous.get(closed.url("/health")).send().await.unwrap().status(), 200);
 }
 

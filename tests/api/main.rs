@@ -19,5 +19,6 @@ mod procs;
 mod restart;
 mod s3;
 mod ssrf;
+mod tenants;
 mod validation;
 mod webhooks;

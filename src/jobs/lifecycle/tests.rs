@@ -137,6 +137,6 @@ async fn cancel_and_retry() {
     record(&s, &h, running, &Outcome::Canceled).await.unwrap();
     let job = s.get(running).await.unwrap().unwrap();
     assert_eq!((job.status, job.cancel_requested), (Status::Canceled, false));
-    assert!(s.remove(running).await.unwrap());
+    assert!(s.remove(running).await.unwrap().is_some());
     assert_eq!(heartbeat(&s, running).await.unwrap(), None);
 }

@@ -10,7 +10,7 @@ use chrono::Utc;
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
-/// Rows in one statement at most (8 parameters each, well under both backends' limits).
+/// Rows in one statement at most (9 parameters each, well under both backends' limits).
 const MAX_ROWS: usize = 200;
 
 /// A row waiting for its statement, and where to say whether it was inserted (false: its
@@ -50,13 +50,13 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>) {
 async fn insert(db: &Db, batch: &[Pending]) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
     let rows: Vec<String> = (0..batch.len())
         .map(|r| {
-            let p: Vec<String> = (1..=8).map(|i| format!("${}", r * 8 + i)).collect();
+            let p: Vec<String> = (1..=9).map(|i| format!("${}", r * 9 + i)).collect();
             format!("({}, 1)", p.join(", "))
         })
         .collect();
     let sql = format!(
         "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-         unpublished_since, doc, version) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+         unpublished_since, doc, tenant, version) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows.join(", ")
     );
     let now = Utc::now().timestamp_millis();
@@ -67,11 +67,12 @@ async fn insert(db: &Db, batch: &[Pending]) -> Result<HashSet<Vec<u8>>, sqlx::Er
                 .bind(key(p.job.id))
                 .bind(p.job.status.as_str())
                 .bind(p.job.pipeline.clone())
-                .bind(p.job.idempotency_key.clone())
+                .bind(p.job.idempotency_key.as_ref().map(|k| Job::idempotency_scope(&p.job.tenant, k)))
                 .bind(millis(p.job.finished_at))
                 .bind(webhook_pending(&p.job))
                 .bind(now)
-                .bind(p.doc.clone());
+                .bind(p.doc.clone())
+                .bind(p.job.tenant.clone());
         }
         q.fetch_all(pool).await?
     });

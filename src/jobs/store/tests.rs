@@ -67,8 +67,8 @@ async fn lists_newest_first_with_cursors_and_filters() {
         ..Filter::default()
     };
     assert_eq!(s.list(&earlier, 10, None).await.unwrap().0.len(), 5);
-    assert!(s.remove(all[2]).await.unwrap());
-    assert!(!s.remove(all[2]).await.unwrap());
+    assert_eq!(s.remove(all[2]).await.unwrap().as_deref(), Some("default"));
+    assert!(s.remove(all[2]).await.unwrap().is_none());
     assert!(s.get(all[2]).await.unwrap().is_none());
 }
 
@@ -105,9 +105,9 @@ async fn idempotency_key_returns_the_first_job() {
     b.idempotency_key = Some("k".into());
     let first = s.insert(a).await.unwrap();
     assert_eq!(s.insert(b.clone()).await.unwrap().id, first.id);
-    assert_eq!(s.find_idempotent("k").await.unwrap().unwrap().id, first.id);
+    assert_eq!(s.find_idempotent("default", "k").await.unwrap().unwrap().id, first.id);
     s.remove(first.id).await.unwrap();
-    assert!(s.find_idempotent("k").await.unwrap().is_none());
+    assert!(s.find_idempotent("default", "k").await.unwrap().is_none());
     // Once the first is deleted, the key is free again.
     assert_eq!(s.insert(b.clone()).await.unwrap().id, b.id);
 }
@@ -133,7 +133,7 @@ async fn concurrent_inserts_share_commits_and_one_key_makes_one_job() {
     let (page, _) = s.list(&Filter::default(), 100, None).await.unwrap();
     assert_eq!(page.len(), 22);
     for key in ["k0", "k2"] {
-        let first = s.find_idempotent(key).await.unwrap().unwrap().id;
+        let first = s.find_idempotent("default", key).await.unwrap().unwrap().id;
         let named = answers.iter().filter(|(_, got)| *got == first).count();
         assert_eq!(named, 10, "every submit with {key} got its one job");
     }

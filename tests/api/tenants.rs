@@ -1,0 +1,225 @@
+//! Tenants: keys from the database and the CLI, roles, and isolation between tenants on every
+//! job route.
+
+use crate::helpers::*;
+use meshroom_svc::error::Code;
+use meshroom_svc::http::{ErrorBody, JobPage};
+use meshroom_svc::tenants::Role;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use std::time::Duration;
+
+/// A client of the app's address with this key.
+fn as_key(app: &TestApp, key: &str) -> Api {
+    let mut api = Api::new(app.base.clone());
+    api.api_key = Some(key.to_string());
+    api
+}
+
+async fn key(app: &TestApp, tenant: &str, role: Role) -> Api {
+    let (_, key) = app.app.keys.create(tenant, role, "test", None).await.unwrap();
+    as_key(app, key.expose_secret())
+}
+
+/// Status and body of an answer, for comparing two answers byte for byte.
+async fn answer(resp: reqwest::Response) -> (u16, String) {
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn page(api: &Api) -> JobPage {
+    api.get("/api/v1/jobs").await.json().await.unwrap()
+}
+
+async fn code_of(resp: reqwest::Response) -> (u16, Code) {
+    let status = resp.status().as_u16();
+    let body: ErrorBody = resp.json().await.unwrap();
+    (status, body.error.code)
+}
+
+#[tokio::test]
+async fn keys_made_by_the_cli_work_on_the_running_service() {
+    let app = spawn_app().await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"))
+            .arg("keys")
+            .arg("--data-dir")
+            .arg(app.dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let made = cli(&["create", "--tenant", "acme", "--role", "submit", "--name", "ci"]);
+    let key = made.lines().last().unwrap().to_string();
+    assert!(key.starts_with("msk_"), "{made}");
+    let acme = as_key(&app, &key);
+    let edge = Edge::start().await;
+    let id = acme.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
+    assert_eq!(acme.view(&id).await.tenant, "acme");
+    // Once a key exists, requests without one are refused (within the keys' cache time).
+    let anonymous = Api::new(app.base.clone());
+    let mut refused = false;
+    for _ in 0..70 {
+        if anonymous.get("/api/v1/jobs").await.status() == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "anonymous requests refused once a key exists");
+    let listed = cli(&["list"]);
+    assert!(listed.contains("tenant=acme role=submit state=active"), "{listed}");
+    assert!(!listed.contains(&key), "the key is never shown again");
+    let id_part = key.split('_').nth(1).unwrap();
+    cli(&["revoke", id_part]);
+    let mut revoked = false;
+    for _ in 0..70 {
+        let resp = acme.get("/api/v1/jobs").await;
+        if resp.status() == 401 {
+            assert_eq!(code_of(resp).await, (401, Code::InvalidApiKey));
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(revoked, "a revoked key is refused within the cache time");
+    assert!(cli(&["list"]).contains("state=revoked"));
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_jobs_on_every_route() {
+    let app = spawn_app().await;
+    let acme = key(&app, "acme", Role::Submit).await;
+    let beta = key(&app, "beta", Role::Submit).await;
+    let reader = key(&app, "acme", Role::Read).await;
+    let admin = key(&app, "ops", Role::Admin).await;
+    let edge = Edge::start().await;
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))]});
+    let post_keyed = |api: &Api, k: &str| {
+        api.client
+            .post(api.url("/api/v1/jobs"))
+            .header("x-api-key", api.api_key.clone().unwrap())
+            .header("idempotency-key", k.to_string())
+            .json(&body)
+    };
+    let resp = post_keyed(&acme, "same").send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let a: meshroom_svc::jobs::JobView = resp.json().await.unwrap();
+    let a_id = a.id.to_string();
+    // The same Idempotency-Key from another tenant makes that tenant's own job.
+    let resp = post_keyed(&beta, "same").send().await.unwrap();
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    let b: meshroom_svc::jobs::JobView = resp.json().await.unwrap();
+    assert_ne!(a.id, b.id);
+    let b_id = b.id.to_string();
+    acme.finished(&a_id, 30).await;
+    beta.finished(&b_id, 30).await;
+    let result = acme.view(&a_id).await.results[0].name.clone();
+
+    // Every route on another tenant's job answers as on a job that does not exist, byte for byte.
+    let missing = uuid::Uuid::now_v7().to_string();
+    for (method, path) in [
+        ("GET", "/api/v1/jobs/{id}".to_string()),
+        ("GET", "/api/v1/jobs/{id}/log".to_string()),
+        ("GET", format!("/api/v1/jobs/{{id}}/files/{result}")),
+        ("POST", "/api/v1/jobs/{id}/cancel".to_string()),
+        ("POST", "/api/v1/jobs/{id}/retry".to_string()),
+        ("DELETE", "/api/v1/jobs/{id}".to_string()),
+    ] {
+        let call = |api: &Api, id: &str| {
+            let url = api.url(&path.replace("{id}", id));
+            let req = match method {
+                "GET" => api.client.get(url),
+                "POST" => api.client.post(url),
+                _ => api.client.delete(url),
+            };
+            req.header("x-api-key", api.api_key.clone().unwrap()).send()
+        };
+        let foreign = answer(call(&beta, &a_id).await.unwrap()).await;
+        let absent = answer(call(&beta, &missing).await.unwrap()).await;
+        assert_eq!(foreign.0, 404, "{method} {path}: {}", foreign.1);
+        assert_eq!(foreign, absent, "{method} {path}: no existence leak");
+    }
+    assert_eq!(acme.view(&a_id).await.id, a.id, "still there after beta's tries");
+
+    // Lists: each tenant its own; admins every tenant.
+    let ids = |page: JobPage| page.jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(page(&acme).await), vec![a.id]);
+    assert_eq!(ids(page(&beta).await), vec![b.id]);
+    assert_eq!(ids(page(&reader).await), vec![a.id]);
+    assert_eq!(ids(page(&admin).await), vec![b.id, a.id]);
+    assert_eq!(admin.view(&b_id).await.tenant, "beta");
+
+    // A read key reads, and may not change anything.
+    assert_eq!(reader.view(&a_id).await.id, a.id);
+    assert_eq!(
+        code_of(reader.post_json("/api/v1/jobs", &body).await).await,
+        (403, Code::Forbidden)
+    );
+    for path in [
+        format!("/api/v1/jobs/{a_id}/retry"),
+        format!("/api/v1/jobs/{a_id}/cancel"),
+    ] {
+        assert_eq!(
+            code_of(reader.post(&path).await).await,
+            (403, Code::Forbidden),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        code_of(reader.delete(&format!("/api/v1/jobs/{a_id}")).await).await,
+        (403, Code::Forbidden)
+    );
+    assert_eq!(reader.get(&format!("/api/v1/jobs/{b_id}")).await.status(), 404);
+
+    // Files are kept under the tenant's prefix.
+    let store = app.dir.path().join("data/store");
+    assert!(store
+        .join(format!("tenants/acme/jobs/{a_id}/results/{result}"))
+        .is_file());
+    assert!(!store.join(format!("jobs/{a_id}")).exists());
+
+    // Admins act on every tenant's jobs.
+    assert_eq!(admin.delete(&format!("/api/v1/jobs/{b_id}")).await.status(), 204);
+    assert!(
+        !store.join(format!("tenants/beta/jobs/{b_id}")).exists(),
+        "files deleted with the job"
+    );
+    assert_eq!(beta.get(&format!("/api/v1/jobs/{b_id}")).await.status(), 404);
+}
+
+#[tokio::test]
+async fn env_keys_are_the_default_tenant_and_metrics_need_an_admin() {
+    let app = spawn_app_with(
+        |c| {
+            c.secrets.api_keys = vec!["env-key-1".into()];
+            c.server.metrics_public = false;
+        },
+        vec![],
+    )
+    .await;
+    let edge = Edge::start().await;
+    let id = app.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
+    assert_eq!(app.view(&id).await.tenant, "default");
+    assert_eq!(code_of(app.get("/metrics").await).await, (403, Code::Forbidden));
+    let admin = key(&app, "ops", Role::Admin).await;
+    assert_eq!(admin.get("/metrics").await.status(), 200);
+    // A bearer token is a key too.
+    let bearer = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}")))
+        .bearer_auth("env-key-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let wrong = app
+        .client
+        .get(app.url("/api/v1/jobs"))
+        .bearer_auth("env-key-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(wrong).await, (401, Code::InvalidApiKey));
+}
