@@ -3,6 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -30,14 +31,24 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Outbound request policy.
     pub security: SecurityConfig,
+    /// Request rates per key.
+    pub rate_limit: RateLimitConfig,
+    /// Per-tenant quotas.
+    pub quota: QuotaConfig,
+    /// Sharing workers between tenants.
+    pub scheduling: SchedulingConfig,
+    /// Per-tenant overrides, by tenant name (`[tenants.acme]`).
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// Secrets, read from the environment only and never printed.
     #[serde(skip)]
     pub secrets: Secrets,
 }
 
 mod sections;
+mod tenancy;
 mod values;
 pub use sections::*;
+pub use tenancy::*;
 pub use values::{AllowedNetworks, WebhookSecret};
 
 /// Secrets from the environment (`MESHROOM_SVC_API_KEYS`, `MESHROOM_SVC_WEBHOOK_SECRET`,
@@ -57,6 +68,8 @@ pub struct Secrets {
     pub aws_access_key_id: Option<String>,
     /// S3 secret key.
     pub aws_secret_access_key: Option<SecretString>,
+    /// Webhook secrets of tenants, from the variables their `webhook_secret_env` names.
+    pub tenant_webhook_secrets: BTreeMap<String, WebhookSecret>,
 }
 
 impl PartialEq for Secrets {
@@ -77,6 +90,7 @@ impl PartialEq for Secrets {
             && shown(&self.database_url) == shown(&other.database_url)
             && self.aws_access_key_id == other.aws_access_key_id
             && shown(&self.aws_secret_access_key) == shown(&other.aws_secret_access_key)
+            && self.tenant_webhook_secrets == other.tenant_webhook_secrets
     }
 }
 
@@ -114,13 +128,18 @@ impl Config {
                 return Err(ConfigError(problems));
             }
         };
-        config.secrets = Secrets::from_env(env, &mut problems);
+        config.secrets = Secrets::from_env(env, &config.tenants, &mut problems);
         config.check(&mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// The rate limits and quotas of a tenant: its `[tenants.<name>]` values, else the defaults.
+    pub fn limits_of(&self, tenant: &str) -> TenantLimits {
+        limits_of(&self.rate_limit, &self.quota, &self.tenants, tenant)
     }
 
     /// Checks a config again after command-line flags changed it.
@@ -212,6 +231,11 @@ impl Config {
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be greater than 0".into());
         }
+        for name in self.tenants.keys() {
+            if let Err(e) = crate::tenants::check_name(name) {
+                problems.push(format!("[tenants.{name}]: {e}"));
+            }
+        }
         if self.webhook.schedule_secs.is_empty() {
             problems.push("webhook.schedule_secs: needs at least one attempt".into());
         }
@@ -220,7 +244,11 @@ impl Config {
 
 impl Secrets {
     /// Reads the secrets; a malformed one is reported in `problems` (without its value).
-    fn from_env(env: &[(String, String)], problems: &mut Vec<String>) -> Secrets {
+    fn from_env(
+        env: &[(String, String)],
+        tenants: &BTreeMap<String, TenantConfig>,
+        problems: &mut Vec<String>,
+    ) -> Secrets {
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let secret = |name: &str| get(name).filter(|s| !s.is_empty()).map(SecretString::from);
         Secrets {
@@ -240,6 +268,20 @@ impl Secrets {
             database_url: secret("MESHROOM_SVC_DATABASE_URL"),
             aws_access_key_id: get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()),
             aws_secret_access_key: secret("AWS_SECRET_ACCESS_KEY"),
+            tenant_webhook_secrets: tenants
+                .iter()
+                .filter_map(|(name, t)| Some((name, t.webhook_secret_env.as_ref()?)))
+                .filter_map(|(name, var)| match get(var).filter(|s| !s.is_empty()) {
+                    None => {
+                        problems.push(format!("tenants.{name}.webhook_secret_env: {var} is not set"));
+                        None
+                    }
+                    Some(s) => WebhookSecret::parse(&s)
+                        .map_err(|e| problems.push(format!("{var}: {e}")))
+                        .ok()
+                        .map(|secret| (name.clone(), secret)),
+                })
+                .collect(),
         }
     }
 }
@@ -278,6 +320,26 @@ mod tests {
                 assert!(readme.contains(&row), "README's configuration table lacks {row}");
             }
         }
+    }
+
+    #[test]
+    fn tenants_have_their_own_limits_and_webhook_secret() {
+        let text =
+            "[quota]\nmax_active_jobs = 10\n[tenants.acme]\nmax_active_jobs = 3\nwebhook_secret_env = \"ACME_WH\"\n";
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let c = Config::from_parts(text, &env(&[("ACME_WH", secret)])).unwrap();
+        let of = |t| limits_of(&c.rate_limit, &c.quota, &c.tenants, t);
+        assert_eq!((of("acme").max_active_jobs, of("other").max_active_jobs), (3, 10));
+        assert!(c.secrets.tenant_webhook_secrets.contains_key("acme"));
+        let err = Config::from_parts(text, &[]).unwrap_err().0.join("\n");
+        assert!(err.contains("ACME_WH is not set"), "{err}");
+        let err = Config::from_parts("[tenants.acme]\nmax_jobs = 1\n[tenants.Bad]\n", &[])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(err.contains("max_jobs"), "{err}");
+        let err = Config::from_parts("[tenants.Bad]\n", &[]).unwrap_err().0.join("\n");
+        assert!(err.contains("[tenants.Bad]"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ codes! {
     MissingApiKey = "missing_api_key", 401, Answer, "the route needs an API key (X-API-Key, or Authorization: Bearer)";
     InvalidApiKey = "invalid_api_key", 401, Answer, "the API key is unknown, revoked or expired";
     Forbidden = "forbidden", 403, Answer, "the key's role may not do this (a read key submitting, say)";
+    RateLimited = "rate_limited", 429, Answer, "the key sent more requests than its rate allows; see Retry-After";
+    QuotaExceeded = "quota_exceeded", 429, Answer, "the tenant is at a quota; the message names it, its value and the use";
     JobNotFound = "job_not_found", 404, Answer, "no job has this id";
     FileNotFound = "file_not_found", 404, Answer, "the job has no result file of this name";
     LogNotFound = "log_not_found", 404, Answer, "the engine has not run for this job";

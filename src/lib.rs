@@ -17,6 +17,7 @@ pub mod pipelines;
 pub mod process;
 pub mod queue;
 pub mod roles;
+pub mod scheduling;
 pub mod storage;
 pub mod tenants;
 pub mod webhook;

@@ -192,13 +192,17 @@ fn serve_http(app: Arc<App>, listener: TcpListener, tasks: Vec<JoinHandle<()>>) 
     })
 }
 
-/// Retention sweeps and, with RabbitMQ, webhook attempts and the outbox sweep: every role runs them.
+/// Retention, the outbox sweep, the release of held jobs and webhook attempts: every role runs them.
 fn start_common(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     app.spawn_retention();
-    let mut tasks = Vec::new();
-    // A publish to an in-memory queue cannot fail, and `recover` refills it at start.
-    if !app.queue.held_in_memory() {
-        tasks.push(tokio::spawn(outbox::run(app.clone())));
+    // Jobs left unpublished (a broker outage, or released by a submit for an older job of the
+    // same tenant) are published by the outbox sweep, for the in-memory queue too.
+    let mut tasks = vec![tokio::spawn(outbox::run(app.clone()))];
+    if app.config.scheduling.queued_per_tenant > 0 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::scheduling::sweep(&app.jobs, &app.queue, &app.pipelines, &app.shutdown).await
+        }));
     }
     let app = app.clone();
     tasks.push(tokio::spawn(async move {

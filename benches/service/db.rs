@@ -64,7 +64,7 @@ pub async fn records(scale: &Scale, rows: &mut Vec<Row>) {
                 if i % 100 == 0 {
                     job.finish(Status::Failed, None);
                 }
-                store.insert(job).await.unwrap().id.to_string()
+                store.insert(job).await.unwrap().job.id.to_string()
             }
         })
         .buffer_unordered(16)

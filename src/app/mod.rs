@@ -148,6 +148,7 @@ impl App {
         let webhooks = Webhooks::new(
             &config.webhook,
             config.secrets.webhook_secret.as_ref(),
+            &config.secrets.tenant_webhook_secrets,
             metrics.webhook_attempts.clone(),
             &egress,
         );
@@ -180,7 +181,7 @@ impl App {
             }
         };
         let keys = Arc::new(crate::tenants::Keys::new(db.clone()));
-        let store = Arc::new(Store::new(db));
+        let store = Arc::new(Store::sharing(db, config.scheduling.queued_per_tenant));
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
         Ok(Arc::new(App {

@@ -62,6 +62,10 @@ pub(super) fn merge(mut file: Table, env: &[(String, String)], problems: &mut Ve
 /// Drops (and reports) unknown sections, unknown keys and values of the wrong type.
 fn check_against_defaults(file: &mut Table, defaults: &Table, problems: &mut Vec<String>) {
     file.retain(|section, value| {
+        // A map by tenant name: serde checks each tenant's keys (deny_unknown_fields).
+        if section == "tenants" {
+            return true;
+        }
         let Some(Value::Table(known)) = defaults.get(section) else {
             problems.push(format!("[{section}]: unknown section"));
             return false;

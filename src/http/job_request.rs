@@ -143,6 +143,7 @@ pub(super) fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Ve
             ))
         }
     };
+    job.gpu = preset.gpu;
     job.pipeline = pipeline;
     job.params = params;
     job.image_urls = req.image_urls;

@@ -33,6 +33,12 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/jobs/{id}/files/{name:.+}", "GET").route(web::get().to(file)));
 }
 
+/// A tenant's queued job left the queue: its next held job may go (see `scheduling`).
+async fn release_turn(app: &App, tenant: &str) {
+    let tenants = [tenant.to_string()];
+    crate::scheduling::release(&app.jobs, &app.queue, &app.pipelines, Some(&tenants)).await;
+}
+
 /// A job id from the path; any text that is no id names no job.
 fn job_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::job_not_found())
@@ -156,6 +162,7 @@ pub(super) async fn cancel(
         Cancel::Canceled(job) => {
             log::info!("job {}: canceled while queued", job.id);
             app.start_webhook(job.id).await?;
+            release_turn(&app, &job.tenant).await;
             Ok(HttpResponse::Ok().json(JobView::from(job)))
         }
         Cancel::Stopping(job) => {
@@ -203,7 +210,8 @@ pub(super) async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     require(&who, Role::Submit)?;
-    let id = find(&app.jobs, &who, &id).await?.id;
+    let job = find(&app.jobs, &who, &id).await?;
+    let id = job.id;
     if !app.remove_job(id).await? {
         // A worker runs it (the store never deletes a processing job), or another request
         // deleted it meanwhile.
@@ -213,6 +221,7 @@ pub(super) async fn delete(
         };
     }
     log::info!("job {id}: deleted");
+    release_turn(&app, &job.tenant).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

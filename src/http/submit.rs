@@ -7,8 +7,9 @@ use super::request_log::RequestId;
 use super::staging::{next_within, Staging};
 use super::{multipart, ApiError};
 use crate::app::App;
+use crate::config::TenantLimits;
 use crate::error::Code;
-use crate::jobs::{Job, JobView, Upload};
+use crate::jobs::{Inserted, Job, JobView, Quota, Upload};
 use crate::tenants::{Principal, Role};
 use actix_multipart::Multipart;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -49,18 +50,24 @@ pub(super) async fn submit(
     let (request, uploads) = read_body(&app, &req, payload, staging.dir()).await?;
     let (uploads, staged): (Vec<_>, Vec<PathBuf>) = uploads.into_iter().unzip();
     fill_job(&app, &mut job, request, uploads)?;
+    let limits = app.config.limits_of(&job.tenant);
+    check_images(&limits, &job)?;
     job.idempotency_key = idempotency_key;
     store_inputs(&app, &job, &staged).await?;
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
-    let stored = app.jobs.insert(job).await?;
+    let inserted = insert(&app, job, &limits).await?;
+    let stored = inserted.job;
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.
         let _ = app.files.delete_prefix(&Job::key(&stored.tenant, new_id, "")).await;
         return Ok(accepted(&stored, true));
     }
-    if let Err(e) = app.publish(&stored).await {
+    if inserted.held {
+        // Its tenant has its share of jobs in the queue: it goes there as they are taken.
+        log::debug!("job {}: held for its tenant's turn", stored.id);
+    } else if let Err(e) = app.publish(&stored).await {
         // The job is stored, so it is accepted: the outbox sweep queues it once the broker is back.
         log::warn!("job {}: stored, to be queued later ({e})", stored.id);
     }
@@ -78,6 +85,40 @@ pub(super) async fn submit(
         stored.pipeline
     );
     Ok(accepted(&stored, false))
+}
+
+/// `quota.max_images_per_job`, checked before any input is stored.
+fn check_images(limits: &TenantLimits, job: &Job) -> Result<(), ApiError> {
+    if limits.max_images_per_job == 0 || job.image_count() as u64 <= limits.max_images_per_job {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        Code::QuotaExceeded,
+        format!(
+            "quota.max_images_per_job is {}, and this job names {} images",
+            limits.max_images_per_job,
+            job.image_count()
+        ),
+    ))
+}
+
+/// Stores the job, within its tenant's quotas when it has any (checked by the insert itself).
+async fn insert(app: &App, job: Job, limits: &TenantLimits) -> Result<Inserted, ApiError> {
+    let quota = Quota {
+        max_active_jobs: limits.max_active_jobs,
+        max_stored_bytes: limits.max_stored_bytes,
+        max_gpu_seconds_per_day: limits.max_gpu_seconds_per_day,
+    };
+    if !quota.any() {
+        return Ok(app.jobs.insert(job).await?);
+    }
+    let inputs = job.file_key("");
+    app.jobs.insert_within(job, &quota).await?.map_err(|e| {
+        // Its inputs are stored already: they go with the refusal.
+        let files = app.files.clone();
+        tokio::spawn(async move { files.delete_prefix(&inputs).await });
+        ApiError::new(Code::QuotaExceeded, e.to_string())
+    })
 }
 
 /// The request, from a JSON body or a multipart form (whose files are staged in `staging`).

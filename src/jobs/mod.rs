@@ -13,7 +13,7 @@ pub mod lifecycle;
 mod store;
 mod view;
 pub use db::Db;
-pub use store::{Filter, Store, StoreError};
+pub use store::{Exceeded, Filter, Inserted, Quota, Store, StoreError};
 pub use view::JobView;
 
 /// Lifecycle of a job (the same names as meilisearch tasks).
@@ -246,6 +246,12 @@ pub struct Job {
     pub summary: Option<Summary>,
     /// Webhook delivery of the last final state.
     pub webhook: Option<Delivery>,
+    /// Whether its pipeline runs on a GPU (for GPU-second quotas and usage).
+    #[serde(default)]
+    pub gpu: bool,
+    /// Engine time of all its attempts, milliseconds.
+    #[serde(default)]
+    pub engine_ms: u64,
 }
 
 impl Job {
@@ -281,7 +287,19 @@ impl Job {
             results: Vec::new(),
             summary: None,
             webhook: None,
+            gpu: false,
+            engine_ms: 0,
         }
+    }
+
+    /// Images it names: URLs and uploads.
+    pub fn image_count(&self) -> usize {
+        self.image_urls.len() + self.uploads.len()
+    }
+
+    /// Bytes it keeps in storage: its uploaded inputs and its results.
+    pub fn stored_bytes(&self) -> u64 {
+        self.uploads.iter().map(|u| u.size).sum::<u64>() + self.results.iter().map(|r| r.size).sum::<u64>()
     }
 
     /// Moves to a final state, recording the time and the error.

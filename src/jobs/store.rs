@@ -37,10 +37,21 @@ pub struct Filter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
+/// A job as `Store::insert` left it.
+#[derive(Debug)]
+pub struct Inserted {
+    /// The job stored: the new one, or the earlier job of the same idempotency key.
+    pub job: Job,
+    /// True when the new job waits out of the queue for its tenant's turn.
+    pub held: bool,
+}
+
 /// Reads and writes job records.
 #[derive(Debug)]
 pub struct Store {
     db: Db,
+    /// `scheduling.queued_per_tenant`: 0 means no job is ever held.
+    queued_per_tenant: u32,
     /// New jobs, to the group commit (`group`).
     inserts: tokio::sync::mpsc::UnboundedSender<group::Pending>,
 }
@@ -72,6 +83,23 @@ pub(super) fn webhook_pending(job: &Job) -> bool {
     job.webhook.as_ref().is_some_and(|w| w.state == DeliveryState::Pending)
 }
 
+/// Engine milliseconds on a GPU (the `gpu_ms` column).
+pub(super) fn gpu_ms(job: &Job) -> i64 {
+    if job.gpu {
+        job.engine_ms as i64
+    } else {
+        0
+    }
+}
+
+/// The `priority` column: high jobs leave the hold first.
+pub(super) fn priority(job: &Job) -> i32 {
+    match job.priority {
+        super::Priority::High => 1,
+        super::Priority::Normal => 0,
+    }
+}
+
 /// A bound value of a list query.
 enum Param {
     Text(String),
@@ -79,11 +107,22 @@ enum Param {
 }
 
 impl Store {
-    /// A store on an open database (from a Tokio runtime: its group commit runs as a task).
+    /// A store on an open database (from a Tokio runtime: its group commit runs as a task) that
+    /// holds no job back: every new job goes to the queue.
     pub fn new(db: Db) -> Store {
+        Store::sharing(db, 0)
+    }
+
+    /// A store that keeps at most `queued_per_tenant` jobs of a tenant in the queue and holds
+    /// the others (see `hold`); 0 holds none.
+    pub fn sharing(db: Db, queued_per_tenant: u32) -> Store {
         let (inserts, rows) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(group::run(db.clone(), rows));
-        Store { db, inserts }
+        tokio::spawn(group::run(db.clone(), rows, queued_per_tenant));
+        Store {
+            db,
+            queued_per_tenant,
+            inserts,
+        }
     }
 
     /// The database, for `/ready`.
@@ -91,10 +130,11 @@ impl Store {
         &self.db
     }
 
-    /// Stores a new job, not yet published to the queue (see `unpublished`). With an idempotency
-    /// key already used, stores nothing and returns the earlier job (compare ids to tell): the
-    /// unique column decides between concurrent submits, on any number of replicas.
-    pub async fn insert(&self, job: Job) -> Result<Job, StoreError> {
+    /// Stores a new job, not yet published to the queue (see `unpublished`); `held` says whether
+    /// it waits for its tenant's turn instead (then the caller publishes nothing). With an
+    /// idempotency key already used, stores nothing and returns the earlier job (compare ids to
+    /// tell): the unique column decides between concurrent submits, on any number of replicas.
+    pub async fn insert(&self, job: Job) -> Result<Inserted, StoreError> {
         let doc = serde_json::to_string(&job)?;
         for _ in 0..3 {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -106,14 +146,17 @@ impl Store {
             let lost = || StoreError::Db(sqlx::Error::PoolClosed);
             self.inserts.send(pending).map_err(|_| lost())?;
             match answer.await.map_err(|_| lost())? {
-                Ok(true) => return Ok(job),
-                Ok(false) => {}
+                Ok(Some(held)) => return Ok(Inserted { job, held }),
+                Ok(None) => {}
                 Err(e) => return Err(StoreError::Db(sqlx::Error::Protocol(e))),
             }
             let Some(k) = &job.idempotency_key else { break };
             // The key's job may be deleted between the two statements: then insert again.
             if let Some(earlier) = self.find_idempotent(&job.tenant, k).await? {
-                return Ok(earlier);
+                return Ok(Inserted {
+                    job: earlier,
+                    held: false,
+                });
             }
         }
         Err(StoreError::Db(sqlx::Error::Protocol(format!(
@@ -168,7 +211,9 @@ impl Store {
     async fn write(&self, job: &Job, version: i64, republish: bool) -> Result<bool, StoreError> {
         let sql = "UPDATE jobs SET status = $2, finished_at = $3, webhook_pending = $4, doc = $5, \
                    version = version + 1, \
-                   unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END \
+                   unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END, \
+                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, \
+                   held = CASE WHEN $2 = 'enqueued' THEN held ELSE FALSE END \
                    WHERE id = $1 AND version = $8";
         let doc = serde_json::to_string(job)?;
         let written = on!(&self.db, pool => sqlx::query(sql)
@@ -180,6 +225,9 @@ impl Store {
             .bind(republish)
             .bind(Utc::now().timestamp_millis())
             .bind(version)
+            .bind(job.stored_bytes() as i64)
+            .bind(job.engine_ms as i64)
+            .bind(gpu_ms(job))
             .execute(pool)
             .await?
             .rows_affected());
@@ -268,7 +316,13 @@ impl Store {
 }
 
 mod group;
+mod hold;
+mod quota;
 mod sweeps;
 
+pub use quota::{Exceeded, Quota};
+
+#[cfg(test)]
+mod tenancy_tests;
 #[cfg(test)]
 mod tests;

@@ -305,6 +305,8 @@ mod tests {
         ));
         let listed = keys.list().await.unwrap();
         assert_eq!(listed.len(), 2);
-        assert!(listed[0].revoked_at.is_some() && listed[1].expires_at.is_some());
+        let revoked = listed.iter().find(|k| k.id == rec.id).unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(listed.iter().any(|k| k.id != rec.id && k.expires_at.is_some()));
     }
 }

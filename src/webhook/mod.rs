@@ -22,6 +22,8 @@ use uuid::Uuid;
 pub struct Webhooks {
     client: reqwest::Client,
     key: Option<Vec<u8>>,
+    /// Tenants' own signing keys, used for their jobs instead of `key`.
+    tenant_keys: std::collections::BTreeMap<String, Vec<u8>>,
     schedule: Vec<Duration>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     attempts: prometheus::IntCounterVec,
@@ -36,6 +38,7 @@ impl Webhooks {
     pub fn new(
         config: &WebhookConfig,
         secret: Option<&crate::config::WebhookSecret>,
+        tenant_secrets: &std::collections::BTreeMap<String, crate::config::WebhookSecret>,
         attempts: prometheus::IntCounterVec,
         egress: &Egress,
     ) -> Webhooks {
@@ -49,6 +52,7 @@ impl Webhooks {
         Webhooks {
             client,
             key: secret.map(|s| s.key()),
+            tenant_keys: tenant_secrets.iter().map(|(t, s)| (t.clone(), s.key())).collect(),
             schedule: config.schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
             in_flight: Default::default(),
             attempts,
@@ -148,7 +152,7 @@ impl Webhooks {
             .map_err(|_| egress::Blocked::Host)
             .and_then(|u| self.egress.check(&u));
         match allowed {
-            Ok(()) => self.attempt(url, d, &payload(job, &d.event)).await,
+            Ok(()) => self.attempt(&job.tenant, url, d, &payload(job, &d.event)).await,
             Err(why) => {
                 let error = Some(format!("{BLOCKED}{why}"));
                 let attempt = Attempt {
@@ -195,7 +199,7 @@ impl Webhooks {
     }
 
     /// One POST; returns the recorded attempt and any Retry-After the receiver asked for.
-    async fn attempt(&self, url: &str, d: &Delivery, body: &[u8]) -> (Attempt, Duration) {
+    async fn attempt(&self, tenant: &str, url: &str, d: &Delivery, body: &[u8]) -> (Attempt, Duration) {
         let at = Utc::now();
         let mut req = self
             .client
@@ -203,7 +207,7 @@ impl Webhooks {
             .header("content-type", "application/json")
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", at.timestamp().to_string());
-        if let Some(key) = &self.key {
+        if let Some(key) = self.tenant_keys.get(tenant).or(self.key.as_ref()) {
             req = req.header("webhook-signature", sign(key, &d.id, at.timestamp(), body));
         }
         match req.body(body.to_vec()).send().await {
@@ -274,6 +278,7 @@ mod tests {
         let hooks = Webhooks::new(
             &Default::default(),
             None,
+            &Default::default(),
             crate::metrics::Metrics::default().webhook_attempts,
             &Egress::default(),
         );

@@ -179,7 +179,12 @@ async fn claim(ctx: &Arc<Context>, id: Uuid) -> Result<Box<Job>, Settle> {
         claimed = lifecycle::claim(&ctx.jobs, &ctx.webhooks, id, &who).await;
     }
     match claimed {
-        Ok(Some(Claim::Run(job))) => Ok(job),
+        Ok(Some(Claim::Run(job))) => {
+            // Its tenant has one job fewer in the queue: the next of its held jobs may go.
+            let tenant = [job.tenant.clone()];
+            crate::scheduling::release(&ctx.jobs, &ctx.queue, &ctx.pipelines, Some(&tenant)).await;
+            Ok(job)
+        }
         Ok(Some(Claim::Done { webhook: true })) => Err(queue_webhook(ctx, id).await),
         Ok(Some(Claim::Done { webhook: false })) | Ok(None) | Ok(Some(Claim::Held)) => Err(Settle::Ack),
         Ok(Some(Claim::Poison)) => {

@@ -94,6 +94,7 @@ async fn run_engine(
     if let Some(ended) = slot.engine_ended.take() {
         ctx.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
     }
+    let started = Instant::now();
     let result = engine::reconstruct(which, run, token, |p| {
         let _ = progress.send(p);
     })
@@ -101,6 +102,11 @@ async fn run_engine(
     slot.engine_ended = Some(Instant::now());
     drop(progress);
     let _ = writer.await;
+    // Every attempt's engine time counts, for usage and GPU-second quotas.
+    let ms = started.elapsed().as_millis() as u64;
+    if let Err(e) = ctx.jobs.update(run.job, |j| j.engine_ms += ms).await {
+        log::warn!("job {}: engine time not recorded: {e}", run.job);
+    }
     let tail = engine::tail(&run.log_path(), ctx.settings.engine.log_tail_bytes);
     let log = tail.as_deref().unwrap_or("").as_bytes();
     if let Err(e) = ctx.files.put_bytes(&log_key, log).await {

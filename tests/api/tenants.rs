@@ -223,3 +223,68 @@ async fn env_keys_are_the_default_tenant_and_metrics_need_an_admin() {
         .unwrap();
     assert_eq!(code_of(wrong).await, (401, Code::InvalidApiKey));
 }
+
+#[tokio::test]
+async fn another_tenants_job_does_not_wait_for_a_flood() {
+    // Two worker slots, each job one second of engine time.
+    let app = spawn_app_with(
+        |c| {
+            c.engine.env = vec![
+                "FAKE_MESHROOM_MODE=instant".into(),
+                "FAKE_MESHROOM_RUN_SECONDS=1".into(),
+            ];
+        },
+        vec![0, 1],
+    )
+    .await;
+    let flood = key(&app, "flood", Role::Submit).await;
+    let other = key(&app, "other", Role::Submit).await;
+    let edge = Edge::start().await;
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))]});
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(flood.submit(body.clone()).await);
+    }
+    assert!(
+        app.app.jobs.held_count("flood").await.unwrap() >= 190,
+        "the flood waits in the database"
+    );
+    let urgent = flood
+        .submit(json!({"image_urls": [edge.add("a.jpg", photo(0))], "priority": "high"}))
+        .await;
+    let mine = other.submit(body.clone()).await;
+    let submitted = std::time::Instant::now();
+    let started = other.wait_until(&mine, 30, |j| j.started_at.is_some()).await;
+    let waited = submitted.elapsed();
+    let before_mine = {
+        let mut n = 0;
+        for id in &ids {
+            let job = flood.view(id).await;
+            if job.started_at.is_some_and(|t| t < started.started_at.unwrap()) {
+                n += 1;
+            }
+        }
+        n
+    };
+    let urgent = flood.wait_until(&urgent, 30, |j| j.started_at.is_some()).await;
+    let normal_before_urgent = {
+        let mut n = 0;
+        for id in &ids {
+            let job = flood.view(id).await;
+            if job.started_at.is_some_and(|t| t < urgent.started_at.unwrap()) {
+                n += 1;
+            }
+        }
+        n
+    };
+    app.app.shutdown.cancel();
+    println!("other tenant's job started {waited:?} after its submit, after {before_mine} of the flood's 200");
+    // Two running and two queued when it came: it starts within about two job lengths.
+    assert!(before_mine <= 6, "{before_mine} of the flood's jobs started first");
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    // Within a tenant, priorities still order its jobs.
+    assert!(
+        normal_before_urgent <= 8,
+        "{normal_before_urgent} normal jobs went before the high one"
+    );
+}

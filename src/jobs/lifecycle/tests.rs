@@ -9,6 +9,7 @@ async fn setup() -> (Store, Webhooks) {
     let hooks = Webhooks::new(
         &crate::config::WebhookConfig::default(),
         None,
+        &Default::default(),
         crate::metrics::Metrics::default().webhook_attempts,
         &crate::egress::Egress::new(&[]),
     );
@@ -18,7 +19,7 @@ async fn setup() -> (Store, Webhooks) {
 async fn new_job(store: &Store, callback: bool) -> Uuid {
     let mut job = Job::new("draft".into(), 60);
     job.callback_url = callback.then(|| "https://example.com/hook".into());
-    store.insert(job).await.unwrap().id
+    store.insert(job).await.unwrap().job.id
 }
 
 fn worker(name: &str) -> Claimant<'_> {

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 impl Store {
-    /// Jobs enqueued or processing, oldest first (all-in-one's recovery at start).
+    /// Jobs enqueued (and not held) or processing, oldest first (all-in-one's recovery at start).
     pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
-        let sql = "SELECT doc FROM jobs WHERE status IN ('enqueued', 'processing') ORDER BY id";
+        let sql = "SELECT doc FROM jobs WHERE status IN ('enqueued', 'processing') AND NOT held ORDER BY id";
         self.docs(sql, None).await
     }
 

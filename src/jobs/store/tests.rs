@@ -30,7 +30,7 @@ async fn lists_newest_first_with_cursors_and_filters() {
     let mut all = Vec::new();
     for i in 0..5 {
         let pipeline = if i == 2 { "colmap-sparse" } else { "draft" };
-        all.push(s.insert(Job::new(pipeline.into(), 60)).await.unwrap().id);
+        all.push(s.insert(Job::new(pipeline.into(), 60)).await.unwrap().job.id);
     }
     s.update(all[1], |j| j.finish(Status::Failed, None)).await.unwrap();
     let all_jobs = Filter::default();
@@ -77,7 +77,7 @@ async fn a_filtered_page_is_full_however_rare_the_match() {
     let s = store().await;
     let mut failed = Vec::new();
     for i in 0..300 {
-        let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
+        let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
         if i % 100 == 0 {
             s.update(id, |j| j.finish(Status::Failed, None)).await.unwrap();
             failed.push(id);
@@ -103,13 +103,13 @@ async fn idempotency_key_returns_the_first_job() {
     a.idempotency_key = Some("k".into());
     let mut b = Job::new("draft".into(), 60);
     b.idempotency_key = Some("k".into());
-    let first = s.insert(a).await.unwrap();
-    assert_eq!(s.insert(b.clone()).await.unwrap().id, first.id);
+    let first = s.insert(a).await.unwrap().job;
+    assert_eq!(s.insert(b.clone()).await.unwrap().job.id, first.id);
     assert_eq!(s.find_idempotent("default", "k").await.unwrap().unwrap().id, first.id);
     s.remove(first.id).await.unwrap();
     assert!(s.find_idempotent("default", "k").await.unwrap().is_none());
     // Once the first is deleted, the key is free again.
-    assert_eq!(s.insert(b.clone()).await.unwrap().id, b.id);
+    assert_eq!(s.insert(b.clone()).await.unwrap().job.id, b.id);
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn concurrent_inserts_share_commits_and_one_key_makes_one_job() {
             tokio::spawn(async move {
                 let mut job = Job::new("draft".into(), 60);
                 job.idempotency_key = (i % 2 == 0).then(|| format!("k{}", i % 4));
-                (job.id, s.insert(job).await.unwrap().id)
+                (job.id, s.insert(job).await.unwrap().job.id)
             })
         })
         .collect();
@@ -142,7 +142,7 @@ async fn concurrent_inserts_share_commits_and_one_key_makes_one_job() {
 #[tokio::test]
 async fn concurrent_updates_are_all_kept() {
     let s = std::sync::Arc::new(store().await);
-    let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
+    let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let s = s.clone();
@@ -158,7 +158,7 @@ async fn concurrent_updates_are_all_kept() {
 #[tokio::test]
 async fn outbox_hands_each_unpublished_job_to_one_taker() {
     let s = store().await;
-    let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
+    let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
     let soon = Utc::now() + chrono::Duration::seconds(1);
     assert!(s
         .unpublished(Utc::now() - chrono::Duration::seconds(5))
@@ -193,8 +193,8 @@ async fn outbox_hands_each_unpublished_job_to_one_taker() {
 #[tokio::test]
 async fn sweeps_find_unfinished_expired_and_pending_webhook_jobs() {
     let s = store().await;
-    let queued = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
-    let done = s.insert(Job::new("draft".into(), 60)).await.unwrap().id;
+    let queued = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
+    let done = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
     s.update(done, |j| j.finish(Status::Succeeded, None)).await.unwrap();
     assert_eq!(
         s.unfinished().await.unwrap().iter().map(|j| j.id).collect::<Vec<_>>(),
