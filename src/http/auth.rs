@@ -16,15 +16,20 @@ use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
 use subtle::ConstantTimeEq;
 
-/// Resolves the request's principal, or answers 401.
+/// Resolves the request's principal (or answers 401) and applies its rate limit (or answers 429).
 pub(super) async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let app = req.app_data::<web::Data<App>>().expect("app data").clone();
     let principal = resolve(&app, req.request()).await?;
+    let decision = super::rate_limit::check(&app, &principal, req.request()).await?;
     req.extensions_mut().insert(principal);
-    next.call(req).await
+    let mut resp = next.call(req).await?;
+    if let Some(d) = decision {
+        super::rate_limit::set_headers(resp.headers_mut(), &d);
+    }
+    Ok(resp)
 }
 
 /// The principal of a request that carries a credential; `Ok(None)` when it carries none.

@@ -20,6 +20,7 @@ mod jobs;
 mod meta;
 mod multipart;
 mod openapi;
+mod rate_limit;
 pub mod request_log;
 mod staging;
 mod submit;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod command;
 pub mod keys;
+pub mod rate;
 
 pub use keys::{KeyError, KeyRecord, Keys};
 

@@ -16,6 +16,7 @@ mod meshroom;
 mod photos;
 mod postgres;
 mod procs;
+mod rate_limits;
 mod restart;
 mod s3;
 mod ssrf;

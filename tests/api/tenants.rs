@@ -4,6 +4,7 @@
 use crate::helpers::*;
 use meshroom_svc::error::Code;
 use meshroom_svc::http::{ErrorBody, JobPage};
+use meshroom_svc::jobs::Status;
 use meshroom_svc::tenants::Role;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -286,5 +287,145 @@ async fn another_tenants_job_does_not_wait_for_a_flood() {
     assert!(
         normal_before_urgent <= 8,
         "{normal_before_urgent} normal jobs went before the high one"
+    );
+}
+
+#[tokio::test]
+#[cfg_attr(not(feature = "full"), ignore = "full tier (PostgreSQL): scripts/test")]
+async fn quotas_and_shares_hold_across_replicas_on_postgres() {
+    use meshroom_svc::jobs::{Db, Job, Quota, Store};
+    let services = crate::procs::Services::from_env();
+    let db = crate::procs::TestDatabase::create(&services, &crate::procs::namespace()).await;
+    // Two replicas: two stores, each with a pool of its own, on one database.
+    let a = std::sync::Arc::new(Store::sharing(Db::open(&db.url, 8).await.unwrap(), 2));
+    let b = std::sync::Arc::new(Store::sharing(Db::open(&db.url, 8).await.unwrap(), 2));
+    let job = |tenant: &str| {
+        let mut job = Job::new("draft".into(), 60);
+        job.tenant = tenant.into();
+        job
+    };
+    let quota = Quota {
+        max_active_jobs: 5,
+        ..Quota::default()
+    };
+    let submits: Vec<_> = (0..40)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let job = job("q");
+            tokio::spawn(async move { store.insert_within(job, &quota).await.unwrap().is_ok() })
+        })
+        .collect();
+    let mut taken = 0;
+    for s in submits {
+        taken += s.await.unwrap() as u32;
+    }
+    assert_eq!(taken, 5, "40 concurrent submits on two replicas for 5 slots");
+    // Shares: 30 jobs, all held but 2; workers take those two, then both replicas release at once.
+    let mut queued = Vec::new();
+    for _ in 0..30 {
+        let inserted = a.insert(job("s")).await.unwrap();
+        if !inserted.held {
+            queued.push(inserted.job.id);
+        }
+    }
+    assert_eq!((queued.len(), a.held_count("s").await.unwrap()), (2, 28));
+    for id in queued {
+        a.update(id, |j| j.status = Status::Processing).await.unwrap();
+    }
+    let releases: Vec<_> = (0..10)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { store.release(None).await.unwrap().len() })
+        })
+        .collect();
+    let mut released = 0;
+    for r in releases {
+        released += r.await.unwrap();
+    }
+    assert_eq!(
+        released, 2,
+        "ten concurrent releases on two replicas fill the share once"
+    );
+    assert_eq!(a.held_count("s").await.unwrap(), 26);
+    // The stores' pools close before the database is dropped (at the end of the test).
+    drop((a, b));
+    drop(db);
+}
+
+#[tokio::test]
+async fn quotas_refuse_with_which_quota_its_value_and_the_use() {
+    let app = spawn_app_with(
+        |c| {
+            c.quota.max_images_per_job = 2;
+            c.tenants.insert(
+                "acme".into(),
+                meshroom_svc::config::TenantConfig {
+                    max_active_jobs: Some(2),
+                    ..Default::default()
+                },
+            );
+        },
+        vec![],
+    )
+    .await;
+    let acme = key(&app, "acme", Role::Submit).await;
+    let beta = key(&app, "beta", Role::Submit).await;
+    let edge = Edge::start().await;
+    let slow = json!({"image_urls": [edge.add(&Fake::Slow.image(), photo(0))]});
+    acme.submit(slow.clone()).await;
+    acme.submit(slow.clone()).await;
+    let refused = acme.post_json("/api/v1/jobs", &slow).await;
+    assert_eq!(refused.status(), 429);
+    let body: ErrorBody = refused.json().await.unwrap();
+    assert_eq!(body.error.code, Code::QuotaExceeded);
+    assert!(
+        body.error
+            .message
+            .contains("quota.max_active_jobs is 2, and the tenant has 2"),
+        "{}",
+        body.error.message
+    );
+    beta.submit(slow.clone()).await;
+    let three =
+        json!({"image_urls": [edge.add("1.jpg", photo(1)), edge.add("2.jpg", photo(2)), edge.add("3.jpg", photo(3))]});
+    let refused = beta.post_json("/api/v1/jobs", &three).await;
+    let body: ErrorBody = refused.json().await.unwrap();
+    assert_eq!(body.error.code, Code::QuotaExceeded);
+    assert!(
+        body.error.message.contains("max_images_per_job is 2"),
+        "{}",
+        body.error.message
+    );
+    app.app.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_tenant_can_have_its_own_webhook_secret() {
+    let own = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let app = spawn_app_with(
+        |c| {
+            let secret = meshroom_svc::config::WebhookSecret::parse(own).unwrap();
+            c.secrets.tenant_webhook_secrets.insert("acme".into(), secret);
+        },
+        vec![],
+    )
+    .await;
+    let acme = key(&app, "acme", Role::Submit).await;
+    let beta = key(&app, "beta", Role::Submit).await;
+    let edge = Edge::start().await;
+    let body = json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()});
+    let a = acme.submit(body.clone()).await;
+    acme.finished(&a, 30).await;
+    let hooks = edge.wait_hooks(1, 30).await;
+    assert!(
+        signed_with(&hooks[0], own) && !signature_valid(&hooks[0]),
+        "acme's hook, acme's secret"
+    );
+    let b = beta.submit(body).await;
+    beta.finished(&b, 30).await;
+    let hooks = edge.wait_hooks(2, 30).await;
+    assert!(
+        signature_valid(&hooks[1]) && !signed_with(&hooks[1], own),
+        "others: the deployment's secret"
     );
 }

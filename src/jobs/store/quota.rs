@@ -62,8 +62,9 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 async fn usage(db: &Db, tenant: &str) -> Result<(i64, i64, i64), StoreError> {
     let sql = "SELECT \
         (SELECT COUNT(*) FROM jobs WHERE tenant = $1 AND status IN ('enqueued', 'processing')), \
-        (SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = $1), \
-        (SELECT COALESCE(SUM(gpu_ms), 0) FROM jobs WHERE tenant = $1 AND (finished_at IS NULL OR finished_at >= $2))";
+        (SELECT CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT) FROM jobs WHERE tenant = $1), \
+        (SELECT CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) FROM jobs WHERE tenant = $1 \
+         AND (finished_at IS NULL OR finished_at >= $2))";
     let since = Utc::now().timestamp_millis() - DAY_MS;
     let row: (i64, i64, i64) = on!(db, pool => sqlx::query_as(sql).bind(tenant).bind(since).fetch_one(pool).await?);
     Ok(row)
