@@ -1,18 +1,23 @@
 //! Prometheus metrics of this process, served at `GET /metrics`.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The metrics a process keeps; each process exports its own (sum them across replicas).
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Jobs accepted by this API process.
-    pub submitted: IntCounter,
+    /// Tenants that get a label of their own (those with a `[tenants.<name>]` table, and
+    /// `default`); the others are counted as `other`, so that the series stay bounded.
+    tenants: std::sync::Arc<std::collections::BTreeSet<String>>,
+    /// Jobs accepted by this API process, by tenant.
+    pub submitted: IntCounterVec,
+    /// Requests refused for their key's rate, by tenant and kind (`submit`, `read`).
+    pub rate_limited: IntCounterVec,
+    /// Submits refused by a quota, by tenant.
+    pub quota_exceeded: IntCounterVec,
     /// Jobs running in this process now.
     pub running: IntGauge,
-    /// Jobs that ended here, by status and error code.
+    /// Jobs that ended here, by status, error code and tenant.
     pub finished: IntCounterVec,
     /// Time spent in each stage, seconds.
     pub stage_seconds: HistogramVec,
@@ -29,14 +34,31 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new_custom(Some("meshroom".into()), None).expect("static prefix");
-        let submitted = IntCounter::new("jobs_submitted_total", "Jobs accepted by this API process").unwrap();
+        let submitted = IntCounterVec::new(
+            Opts::new("jobs_submitted_total", "Jobs accepted by this API process, by tenant"),
+            &["tenant"],
+        )
+        .unwrap();
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused for their key's rate, by tenant and kind",
+            ),
+            &["tenant", "kind"],
+        )
+        .unwrap();
+        let quota_exceeded = IntCounterVec::new(
+            Opts::new("quota_exceeded_total", "Submits refused by a quota, by tenant"),
+            &["tenant"],
+        )
+        .unwrap();
         let running = IntGauge::new("jobs_running", "Jobs running in this process").unwrap();
         let finished = IntCounterVec::new(
             Opts::new(
                 "jobs_finished_total",
-                "Jobs that ended in this process, by status and error code",
+                "Jobs that ended in this process, by status, error code and tenant",
             ),
-            &["status", "code"],
+            &["status", "code", "tenant"],
         )
         .unwrap();
         // Stages last from seconds (downloads) to many hours (reconstruction).
@@ -74,6 +96,8 @@ impl Default for Metrics {
         .unwrap();
         for c in [
             Box::new(submitted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()),
+            Box::new(quota_exceeded.clone()),
             Box::new(running.clone()),
             Box::new(finished.clone()),
             Box::new(stage_seconds.clone()),
@@ -87,7 +111,10 @@ impl Default for Metrics {
         }
         Metrics {
             registry,
+            tenants: Default::default(),
             submitted,
+            rate_limited,
+            quota_exceeded,
             running,
             finished,
             stage_seconds,
@@ -100,6 +127,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics whose tenant labels name these tenants (and `default`); others are `other`.
+    pub fn for_tenants<'a>(names: impl IntoIterator<Item = &'a String>) -> Metrics {
+        let mut tenants: std::collections::BTreeSet<String> = names.into_iter().cloned().collect();
+        tenants.insert(crate::tenants::DEFAULT_TENANT.into());
+        Metrics {
+            tenants: std::sync::Arc::new(tenants),
+            ..Metrics::default()
+        }
+    }
+
+    /// The label of a tenant: its name if configured, else `other`.
+    pub fn tenant<'a>(&self, tenant: &'a str) -> &'a str {
+        match self.tenants.contains(tenant) {
+            true => tenant,
+            false => "other",
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -114,14 +159,24 @@ impl Metrics {
 mod tests {
     #[test]
     fn renders_prometheus_text() {
-        let m = super::Metrics::default();
-        m.submitted.inc();
-        m.finished.with_label_values(&["failed", "engine_timeout"]).inc();
+        let m = super::Metrics::for_tenants(&["acme".to_string()]);
+        m.submitted.with_label_values(&[m.tenant("acme")]).inc();
+        m.submitted.with_label_values(&[m.tenant("unlisted")]).inc();
+        m.finished
+            .with_label_values(&["failed", "engine_timeout", m.tenant("default")])
+            .inc();
         m.stage_seconds.with_label_values(&["reconstructing"]).observe(42.0);
         let text = m.render();
-        assert!(text.contains("meshroom_jobs_submitted_total 1"), "{text}");
         assert!(
-            text.contains(r#"meshroom_jobs_finished_total{code="engine_timeout",status="failed"} 1"#),
+            text.contains(r#"meshroom_jobs_submitted_total{tenant="acme"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshroom_jobs_submitted_total{tenant="other"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshroom_jobs_finished_total{code="engine_timeout",status="failed",tenant="default"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"meshroom_stage_duration_seconds_bucket{stage="reconstructing",le="60"} 1"#));

@@ -143,7 +143,7 @@ impl App {
                 mesher
             }
         };
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = crate::metrics::Metrics::for_tenants(config.tenants.keys());
         let egress = crate::egress::Egress::new(config.security.allowed_networks.nets());
         let webhooks = Webhooks::new(
             &config.webhook,

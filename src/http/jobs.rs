@@ -146,7 +146,8 @@ pub(super) async fn list(
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "Canceled (it was queued)", body = JobView),
         (status = 202, description = "Stopping (it is running)", body = JobView),
-        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+        (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody),
+        (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn cancel(
     app: web::Data<App>,
@@ -179,7 +180,8 @@ pub(super) async fn cancel(
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "Job id")),
-    responses((status = 202, body = JobView), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+    responses((status = 202, body = JobView), (status = 401, body = super::ErrorBody), (status = 403, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn retry(
     app: web::Data<App>,
@@ -202,7 +204,7 @@ pub(super) async fn retry(
 
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 204, description = "Deleted with its files"), (status = 401, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
+        (status = 403, body = super::ErrorBody), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn delete(
     app: web::Data<App>,

@@ -24,9 +24,11 @@ mod rate_limit;
 pub mod request_log;
 mod staging;
 mod submit;
+mod usage;
 
 pub use jobs::JobPage;
 pub use staging::spawn_sweep as spawn_staging_sweep;
+pub use usage::UsageReport;
 
 /// An API error: the `{message, code}` shape; the code gives the HTTP status.
 #[derive(Debug)]
@@ -136,7 +138,8 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                 web::scope("/api/v1").configure(openapi::configure).service(
                     web::scope("")
                         .wrap(from_fn(auth::authenticate))
-                        .configure(jobs::configure),
+                        .configure(jobs::configure)
+                        .configure(usage::configure),
                 ),
             )
             .default_service(web::to(|| async {

@@ -31,6 +31,10 @@ pub(super) async fn check(app: &App, who: &Principal, req: &HttpRequest) -> Resu
     if decision.allowed {
         return Ok(Some(decision));
     }
+    app.metrics
+        .rate_limited
+        .with_label_values(&[app.metrics.tenant(&who.tenant), kind])
+        .inc();
     let error = ApiError::new(
         Code::RateLimited,
         format!(

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
         (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody),
         (status = 403, body = super::ErrorBody), (status = 408, body = super::ErrorBody),
         (status = 413, body = super::ErrorBody), (status = 415, body = super::ErrorBody),
-        (status = 422, body = super::ErrorBody), (status = 503, body = super::ErrorBody),
+        (status = 422, body = super::ErrorBody), (status = 429, description = "rate_limited or quota_exceeded", body = super::ErrorBody),
+        (status = 503, body = super::ErrorBody),
     ),
     security(("api_key" = [])))]
 pub(super) async fn submit(
@@ -71,7 +72,10 @@ pub(super) async fn submit(
         // The job is stored, so it is accepted: the outbox sweep queues it once the broker is back.
         log::warn!("job {}: stored, to be queued later ({e})", stored.id);
     }
-    app.metrics.submitted.inc();
+    app.metrics
+        .submitted
+        .with_label_values(&[app.metrics.tenant(&stored.tenant)])
+        .inc();
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -113,12 +117,22 @@ async fn insert(app: &App, job: Job, limits: &TenantLimits) -> Result<Inserted, 
         return Ok(app.jobs.insert(job).await?);
     }
     let inputs = job.file_key("");
-    app.jobs.insert_within(job, &quota).await?.map_err(|e| {
-        // Its inputs are stored already: they go with the refusal.
-        let files = app.files.clone();
-        tokio::spawn(async move { files.delete_prefix(&inputs).await });
-        ApiError::new(Code::QuotaExceeded, e.to_string())
-    })
+    let tenant = job.tenant.clone();
+    app.jobs
+        .insert_within(job, &quota)
+        .await?
+        .map_err(|e| {
+            // Its inputs are stored already: they go with the refusal.
+            let files = app.files.clone();
+            tokio::spawn(async move { files.delete_prefix(&inputs).await });
+            ApiError::new(Code::QuotaExceeded, e.to_string())
+        })
+        .inspect_err(|_| {
+            app.metrics
+                .quota_exceeded
+                .with_label_values(&[app.metrics.tenant(&tenant)])
+                .inc()
+        })
 }
 
 /// The request, from a JSON body or a multipart form (whose files are staged in `staging`).

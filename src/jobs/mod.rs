@@ -13,7 +13,7 @@ pub mod lifecycle;
 mod store;
 mod view;
 pub use db::Db;
-pub use store::{Exceeded, Filter, Inserted, Quota, Store, StoreError};
+pub use store::{Exceeded, Filter, Inserted, Quota, Store, StoreError, TenantUsage};
 pub use view::JobView;
 
 /// Lifecycle of a job (the same names as meilisearch tasks).

@@ -319,8 +319,10 @@ mod group;
 mod hold;
 mod quota;
 mod sweeps;
+mod usage;
 
 pub use quota::{Exceeded, Quota};
+pub use usage::TenantUsage;
 
 #[cfg(test)]
 mod tenancy_tests;

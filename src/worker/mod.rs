@@ -238,7 +238,10 @@ async fn finish(ctx: &Arc<Context>, id: Uuid, outcome: Outcome) -> Settle {
     }
     if let Some(j) = ctx.jobs.get(id).await.ok().flatten() {
         let code = j.error.as_ref().map_or("", |e| e.code.as_str());
-        ctx.metrics.finished.with_label_values(&[j.status.as_str(), code]).inc();
+        ctx.metrics
+            .finished
+            .with_label_values(&[j.status.as_str(), code, ctx.metrics.tenant(&j.tenant)])
+            .inc();
         log::info!(
             "job {id}: {}{}",
             j.status.as_str(),

@@ -155,7 +155,8 @@ async fn sigterm_requeues_the_job_and_exits_zero() {
 )]
 async fn gpu_jobs_wait_for_gpu_workers_and_high_priority_goes_first() {
     let _broker = BROKER.read().await;
-    let c = Cluster::new(&[]).await;
+    // The broker's priorities are under test: no job of the one tenant is held back.
+    let c = Cluster::new(&[("MESHROOM_SVC_SCHEDULING_QUEUED_PER_TENANT", "0")]).await;
     let serve = c.serve("serve").await;
     let api = serve.api();
     let url = c.edge.add("p.jpg", photo(0));

@@ -354,7 +354,12 @@ async fn jobs_survive_workers_killed_at_random() {
 async fn a_thousand_accepted_jobs_survive_a_broker_sigkill() {
     use futures_util::StreamExt;
     let _broker = BROKER.write().await;
-    let c = Cluster::new(&[("FAKE_MESHROOM_MODE", "instant")]).await;
+    // Every job in the broker (none held back for fairness): the broker's durability is under test.
+    let c = Cluster::new(&[
+        ("FAKE_MESHROOM_MODE", "instant"),
+        ("MESHROOM_SVC_SCHEDULING_QUEUED_PER_TENANT", "0"),
+    ])
+    .await;
     let serve = c.serve("serve").await;
     let api = serve.api();
     let url = c.edge.add("p.png", tiny_png());

@@ -75,8 +75,8 @@ async fn submit_by_url_succeeds_with_downloadable_files() {
     .await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     for line in [
-        "meshroom_jobs_submitted_total 1",
-        r#"meshroom_jobs_finished_total{code="",status="succeeded"} 1"#,
+        r#"meshroom_jobs_submitted_total{tenant="default"} 1"#,
+        r#"meshroom_jobs_finished_total{code="",status="succeeded",tenant="default"} 1"#,
         r#"meshroom_stage_duration_seconds_count{stage="reconstructing"} 1"#,
         r#"meshroom_webhook_attempts_total{outcome="delivered"} 1"#,
         "meshroom_queue_depth 0",

@@ -5,7 +5,7 @@
 
 use super::{key, millis, webhook_pending};
 use crate::jobs::db::{on, Db};
-use crate::jobs::Job;
+use crate::jobs::{Job, Status};
 use chrono::Utc;
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
@@ -55,7 +55,9 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
         for p in batch.drain(..) {
             let id = key(p.job.id);
             let answer = match &inserted {
-                Ok(ids) => Ok(ids.contains(&id).then(|| hold && !released.contains(&id))),
+                Ok(ids) => Ok(ids
+                    .contains(&id)
+                    .then(|| hold && p.job.status == Status::Enqueued && !released.contains(&id))),
                 Err(e) => Err(e.clone()),
             };
             let _ = p.reply.send(answer);
@@ -79,8 +81,7 @@ async fn insert(db: &Db, batch: &[Pending], hold: bool) -> Result<HashSet<Vec<u8
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows.join(", ")
     );
-    // A held row has no message to come until it is released: not the outbox's to publish.
-    let now = (!hold).then(|| Utc::now().timestamp_millis());
+    let now = Utc::now().timestamp_millis();
     let ids: Vec<Vec<u8>> = on!(db, pool => {
         let mut q = sqlx::query_scalar(&sql);
         for p in batch {
@@ -91,10 +92,11 @@ async fn insert(db: &Db, batch: &[Pending], hold: bool) -> Result<HashSet<Vec<u8
                 .bind(p.job.idempotency_key.as_ref().map(|k| Job::idempotency_scope(&p.job.tenant, k)))
                 .bind(millis(p.job.finished_at))
                 .bind(webhook_pending(&p.job))
-                .bind(now)
+                // A held row has no message to come until it is released: not the outbox's.
+                .bind((!(hold && p.job.status == Status::Enqueued)).then_some(now))
                 .bind(p.doc.clone())
                 .bind(p.job.tenant.clone())
-                .bind(hold)
+                .bind(hold && p.job.status == Status::Enqueued)
                 .bind(super::priority(&p.job))
                 .bind(p.job.stored_bytes() as i64)
                 .bind(super::gpu_ms(&p.job))

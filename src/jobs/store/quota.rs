@@ -73,7 +73,7 @@ async fn usage(db: &Db, tenant: &str) -> Result<(i64, i64, i64), StoreError> {
 impl Store {
     /// Stores a new job if the tenant's quotas allow it, as `insert` does otherwise.
     pub async fn insert_within(&self, job: Job, quota: &Quota) -> Result<Result<Inserted, Exceeded>, StoreError> {
-        let hold = self.queued_per_tenant > 0;
+        let hold = self.queued_per_tenant > 0 && job.status == crate::jobs::Status::Enqueued;
         let doc = serde_json::to_string(&job)?;
         // The row is selected into the table only when every quota holds, all in one statement.
         let sql = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
