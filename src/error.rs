@@ -76,8 +76,11 @@ codes! {
     InvalidQuery = "invalid_query", 400, Answer, "a query parameter is malformed or out of range";
     MissingApiKey = "missing_api_key", 401, Answer, "the route needs an API key (X-API-Key, or Authorization: Bearer)";
     InvalidApiKey = "invalid_api_key", 401, Answer, "the API key is unknown, revoked or expired";
+    InvalidToken = "invalid_token", 401, Answer, "the bearer token's signature, issuer, audience, algorithm or claims are not accepted";
+    TokenExpired = "token_expired", 401, Answer, "the bearer token's exp has passed";
     Forbidden = "forbidden", 403, Answer, "the key's role may not do this (a read key submitting, say)";
     RateLimited = "rate_limited", 429, Answer, "the key sent more requests than its rate allows; see Retry-After";
+    AuthUnavailable = "auth_unavailable", 503, Answer, "the token issuer's signing keys could not be fetched; try again";
     QuotaExceeded = "quota_exceeded", 429, Answer, "the tenant is at a quota; the message names it, its value and the use";
     JobNotFound = "job_not_found", 404, Answer, "no job has this id";
     FileNotFound = "file_not_found", 404, Answer, "the job has no result file of this name";

@@ -52,7 +52,8 @@ pub async fn start_all_in_one(config: Config, gpus: Vec<u32>) -> Result<Started,
     let listen = config.listen_addr();
     let listener = bind(listen)?;
     let app = App::open(config, gpus, Role::AllInOne).await?;
-    let keyed = !app.config.secrets.api_keys.is_empty() || app.keys.any_active().await.unwrap_or(false);
+    let keyed =
+        !app.config.secrets.api_keys.is_empty() || app.tokens.is_some() || app.keys.any_active().await.unwrap_or(false);
     if !listen.ip().is_loopback() && !keyed {
         return Err(StartError::Refused(format!(
             "refusing to listen on {listen} without an API key: make one (meshroom-svc keys create \

@@ -63,6 +63,8 @@ pub struct App {
     pub jobs: Arc<Store>,
     /// API keys in the job database.
     pub keys: Arc<crate::tenants::Keys>,
+    /// Bearer-token verifier, when `[oidc]` is set.
+    pub tokens: Option<Arc<crate::tenants::tokens::Tokens>>,
     /// Jobs waiting for a worker.
     pub queue: Arc<Queue>,
     /// Presets.
@@ -181,12 +183,22 @@ impl App {
             }
         };
         let keys = Arc::new(crate::tenants::Keys::new(db.clone()));
+        let tokens = match config.oidc.enabled() {
+            false => None,
+            true => {
+                // The JWKS is fetched under the egress rules, like every outbound request.
+                let client = egress.client(2).build().expect("static client settings");
+                let tokens = crate::tenants::tokens::Tokens::new(&config.oidc, client).map_err(StartError::Refused)?;
+                Some(Arc::new(tokens))
+            }
+        };
         let store = Arc::new(Store::sharing(db, config.scheduling.queued_per_tenant));
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
         Ok(Arc::new(App {
             jobs: store,
             keys,
+            tokens,
             published,
             files: storage,
             queue: Arc::new(queue),

@@ -112,3 +112,80 @@ pub fn limits_of(
         max_gpu_seconds_per_day: own.max_gpu_seconds_per_day.unwrap_or(quota.max_gpu_seconds_per_day),
     }
 }
+
+/// `[oidc]`: OAuth2 / OpenID Connect bearer tokens (JWTs) beside API keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The `iss` tokens must carry; empty: tokens are not accepted.
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    pub audience: String,
+    /// Where the signing keys are (a JWKS document), fetched under the egress rules.
+    pub jwks_url: String,
+    /// Or a PEM file with the one public key (instead of `jwks_url`).
+    pub public_key_file: String,
+    /// Signature algorithms accepted: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,
+    /// EdDSA. Never `none`, never HMAC (a public key is not a shared secret).
+    pub algorithms: Vec<String>,
+    /// The claim naming the tenant.
+    pub tenant_claim: String,
+    /// The claim naming the role (`read`, `submit` or `admin`).
+    pub role_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_secs: u64,
+    /// The JWKS is fetched again after this long (and at once for an unknown `kid`), seconds.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: String::new(),
+            public_key_file: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            tenant_claim: "tenant".into(),
+            role_claim: "role".into(),
+            leeway_secs: 30,
+            jwks_refresh_secs: 3600,
+        }
+    }
+}
+
+impl OidcConfig {
+    /// Whether bearer tokens are accepted.
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+
+    /// The settings' problems, if tokens are on.
+    pub fn problems(&self) -> Vec<String> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        if self.audience.is_empty() {
+            problems.push("oidc.audience: required with oidc.issuer".to_string());
+        }
+        if self.jwks_url.is_empty() == self.public_key_file.is_empty() {
+            problems.push("oidc: set one of jwks_url and public_key_file".to_string());
+        }
+        for alg in &self.algorithms {
+            if ![
+                "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+            ]
+            .contains(&alg.as_str())
+            {
+                problems.push(format!(
+                    "oidc.algorithms: '{alg}' is not accepted (asymmetric signatures only: RS*, PS*, ES256, ES384, EdDSA)"
+                ));
+            }
+        }
+        if self.algorithms.is_empty() {
+            problems.push("oidc.algorithms: at least one".to_string());
+        }
+        problems
+    }
+}

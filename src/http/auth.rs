@@ -1,11 +1,12 @@
 //! Who a request acts for: an API key (`X-API-Key`, or `Authorization: Bearer`) from the
-//! database or from MESHROOM_SVC_API_KEYS, resolved to a `Principal` that handlers take as an
-//! argument. With no credential configured at all, requests act as the default tenant's admin
+//! database or from MESHROOM_SVC_API_KEYS, or an OpenID Connect bearer token (`[oidc]`),
+//! resolved to a `Principal` that handlers take as an argument. With no credential configured at all, requests act as the default tenant's admin
 //! (a laptop's all-in-one on loopback; `roles` refuses other addresses then).
 
 use super::ApiError;
 use crate::app::App;
 use crate::error::Code;
+use crate::tenants::tokens::TokenError;
 use crate::tenants::{KeyError, Principal, Role, DEFAULT_TENANT};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -45,6 +46,20 @@ pub(super) async fn resolve_given(app: &App, req: &HttpRequest) -> Result<Option
             Err(KeyError::Invalid) => Err(invalid()),
         };
     }
+    if let (Some(tokens), true) = (&app.tokens, given.matches('.').count() == 2) {
+        return match tokens.verify(given).await {
+            Ok(p) => Ok(Some(p)),
+            Err(e @ TokenError::Expired) => Err(ApiError::new(Code::TokenExpired, e.to_string())),
+            Err(e @ TokenError::KeysUnavailable(_)) => {
+                log::warn!("{e}");
+                Err(ApiError::new(
+                    Code::AuthUnavailable,
+                    "the token issuer's keys are unavailable; try again",
+                ))
+            }
+            Err(e) => Err(ApiError::new(Code::InvalidToken, e.to_string())),
+        };
+    }
     match env_key_index(&app.config.secrets.api_keys, given.as_bytes()) {
         Some(n) => Ok(Some(Principal {
             tenant: DEFAULT_TENANT.into(),
@@ -61,6 +76,7 @@ pub(super) async fn resolve(app: &App, req: &HttpRequest) -> Result<Principal, A
         return Ok(p);
     }
     let open = app.config.secrets.api_keys.is_empty()
+        && app.tokens.is_none()
         && !app
             .keys
             .any_active_recently()

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub mod command;
 pub mod keys;
 pub mod rate;
+pub mod tokens;
 
 pub use keys::{KeyError, KeyRecord, Keys};
 

@@ -21,5 +21,6 @@ mod restart;
 mod s3;
 mod ssrf;
 mod tenants;
+mod tokens;
 mod validation;
 mod webhooks;
