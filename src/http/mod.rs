@@ -17,6 +17,7 @@ mod auth;
 mod files;
 mod job_request;
 mod jobs;
+mod keys;
 mod meta;
 mod multipart;
 mod openapi;
@@ -139,7 +140,8 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                     web::scope("")
                         .wrap(from_fn(auth::authenticate))
                         .configure(jobs::configure)
-                        .configure(usage::configure),
+                        .configure(usage::configure)
+                        .configure(keys::configure),
                 ),
             )
             .default_service(web::to(|| async {

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
     paths(
         super::submit::submit, super::submit::reconstruct, super::jobs::get, super::jobs::list, super::jobs::cancel, super::jobs::retry,
         super::jobs::delete, super::jobs::file, super::jobs::log_tail,
-        super::usage::usage, super::meta::health, super::meta::ready, super::meta::root, super::meta::metrics,
+        super::usage::usage, super::keys::list, super::keys::create, super::keys::revoke, super::meta::health, super::meta::ready, super::meta::root, super::meta::metrics,
     ),
     modifiers(&ApiKeyScheme)
 )]

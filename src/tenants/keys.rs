@@ -39,7 +39,7 @@ pub enum KeyError {
 }
 
 /// A key as `keys list` shows it: everything but the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KeyRecord {
     /// The public part of the key (`msk_<id>_...`).
     pub id: String,

@@ -15,7 +15,9 @@ pub use keys::{KeyError, KeyRecord, Keys};
 pub const DEFAULT_TENANT: &str = "default";
 
 /// What a credential may do; each role may do what the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read its tenant's jobs, their files and logs.

@@ -7,7 +7,7 @@ use meshroom_svc::http::{ErrorBody, JobPage};
 use meshroom_svc::jobs::Status;
 use meshroom_svc::tenants::Role;
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 /// A client of the app's address with this key.
@@ -467,4 +467,43 @@ async fn usage_per_tenant_for_billing() {
         .get("/api/v1/usage?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z")
         .await;
     assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn admins_manage_keys_over_the_api() {
+    let app = spawn_app().await;
+    let admin = key(&app, "ops", Role::Admin).await;
+    let submit = key(&app, "acme", Role::Submit).await;
+    let made = admin
+        .post_json(
+            "/api/v1/keys",
+            &json!({"tenant": "acme", "role": "read", "name": "dashboard"}),
+        )
+        .await;
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    let new_key = made["key"].as_str().unwrap().to_string();
+    let id = made["record"]["id"].as_str().unwrap().to_string();
+    let reader = as_key(&app, &new_key);
+    assert_eq!(reader.get("/api/v1/jobs").await.status(), 200);
+    assert_eq!(
+        code_of(reader.post_json("/api/v1/jobs", &json!({})).await).await,
+        (403, Code::Forbidden)
+    );
+    // Only admins manage keys.
+    assert_eq!(code_of(submit.get("/api/v1/keys").await).await, (403, Code::Forbidden));
+    let resp = submit
+        .post_json("/api/v1/keys", &json!({"tenant": "acme", "role": "admin"}))
+        .await;
+    assert_eq!(code_of(resp).await, (403, Code::Forbidden));
+    let listed = admin.get("/api/v1/keys").await.text().await.unwrap();
+    assert!(
+        listed.contains(&id) && !listed.contains(&new_key),
+        "records, never keys"
+    );
+    let bad = admin.post_json("/api/v1/keys", &json!({"tenant": "Bad Name"})).await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(admin.delete(&format!("/api/v1/keys/{id}")).await.status(), 204);
+    assert_eq!(admin.delete(&format!("/api/v1/keys/{id}")).await.status(), 404);
+    assert_eq!(reader.get("/api/v1/jobs").await.status(), 401, "revoked here at once");
 }
