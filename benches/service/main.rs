@@ -20,6 +20,7 @@ mod procs;
 
 mod api;
 mod db;
+mod fair;
 mod files;
 mod raw;
 mod report;
@@ -44,6 +45,8 @@ pub struct Scale {
     /// Jobs per throughput run, and the fake engine's fixed run time, seconds.
     pub scale_jobs: usize,
     pub run_secs: f64,
+    /// Jobs one tenant submits before another tenant's one, for the fairness figure.
+    pub fair_flood: usize,
 }
 
 const FULL: Scale = Scale {
@@ -56,6 +59,7 @@ const FULL: Scale = Scale {
     gap_jobs: 100,
     scale_jobs: 30,
     run_secs: 1.0,
+    fair_flood: 60,
 };
 
 const SMOKE: Scale = Scale {
@@ -68,6 +72,7 @@ const SMOKE: Scale = Scale {
     gap_jobs: 10,
     scale_jobs: 3,
     run_secs: 0.2,
+    fair_flood: 10,
 };
 
 #[tokio::main]
@@ -101,6 +106,9 @@ async fn main() {
     }
     if wanted("scaling") {
         runs::scaling(&scale, &mut rows).await;
+    }
+    if wanted("fairness") {
+        fair::fairness(&scale, &mut rows).await;
     }
     report::print(&rows, full);
 }
