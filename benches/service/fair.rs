@@ -38,7 +38,9 @@ async fn wait_behind_flood(share: u32, flood: usize, run_secs: f64) -> f64 {
     }
     let id = b.submit(body).await;
     let job = b
-        .wait_until(&id, (flood as f64 * run_secs * 2.0) as u64 + 60, |j| j.started_at.is_some())
+        .wait_until(&id, (flood as f64 * run_secs * 2.0) as u64 + 60, |j| {
+            j.started_at.is_some()
+        })
         .await;
     app.app.shutdown.cancel();
     (job.started_at.unwrap() - job.created_at).num_milliseconds() as f64 / 1000.0

@@ -63,6 +63,21 @@ async fn requests_are_logged_with_an_id_and_secrets_never_are() {
         .unwrap();
     let assigned = forged.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(assigned.parse::<uuid::Uuid>().is_ok(), "{assigned}");
+    // A key from the database, sent as a bearer token, and a token-shaped guess.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"))
+        .args(["keys", "--data-dir", &data, "create", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    let db_key = String::from_utf8(made.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let with_bearer = |token: &str| api.client.get(api.url("/api/v1/jobs")).bearer_auth(token).send();
+    assert_eq!(with_bearer(&db_key).await.unwrap().status(), 200);
+    let guess = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2VjcmV0LXRva2VuLTk5";
+    assert_eq!(with_bearer(guess).await.unwrap().status(), 401);
     drop(svc);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains(&id), "the log has the job's lines");
@@ -82,7 +97,8 @@ async fn requests_are_logged_with_an_id_and_secrets_never_are() {
     );
     assert!(!text.contains("query-secret-41"), "a query string reaches the log");
     let secret_b64 = SECRET.trim_start_matches("whsec_");
-    for secret in [keys[0], keys[1], "guess-9a8b7c", secret_b64] {
+    let db_secret = db_key.splitn(3, '_').nth(2).unwrap();
+    for secret in [keys[0], keys[1], "guess-9a8b7c", secret_b64, db_secret, guess] {
         assert!(!text.contains(secret), "{secret} appears in the log");
     }
 }
