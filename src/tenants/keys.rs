@@ -131,9 +131,10 @@ impl Keys {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let key = format!("msk_{id}_{secret}");
         let now = Utc::now();
+        // A lifetime beyond what a time can hold is no expiry.
         let expires = expires_in
             .and_then(|d| chrono::Duration::from_std(d).ok())
-            .map(|d| now + d);
+            .and_then(|d| now.checked_add_signed(d));
         let sql = format!("INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, NULL)");
         on!(&self.db, pool => sqlx::query(&sql)
             .bind(&id)

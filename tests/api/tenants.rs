@@ -503,6 +503,11 @@ async fn admins_manage_keys_over_the_api() {
     );
     let bad = admin.post_json("/api/v1/keys", &json!({"tenant": "Bad Name"})).await;
     assert_eq!(bad.status(), 400);
+    for secs in [u64::MAX, 1_000_000_000_000_000] {
+        let forever = json!({"tenant": "acme", "expires_in_secs": secs});
+        let made = admin.post_json("/api/v1/keys", &forever).await;
+        assert_eq!(made.status(), 201, "a lifetime too long to hold is no expiry");
+    }
     assert_eq!(admin.delete(&format!("/api/v1/keys/{id}")).await.status(), 204);
     assert_eq!(admin.delete(&format!("/api/v1/keys/{id}")).await.status(), 404);
     assert_eq!(reader.get("/api/v1/jobs").await.status(), 401, "revoked here at once");
