@@ -3,63 +3,73 @@
 //! however many processes release at once, a tenant never has more than its share queued.
 
 use super::{Store, StoreError};
-use crate::jobs::db::Db;
+use crate::jobs::db::{on, Db};
 use crate::jobs::Job;
 use chrono::Utc;
 
-/// Releases, for each tenant (or every tenant with `None`), its held jobs, highest priority then
-/// oldest first, until it has `share` jobs in the queue; returns them, to be published (their
-/// `unpublished_since` is set, so the outbox publishes them if the caller cannot).
+/// Releases, for each tenant (or every tenant with held jobs, with `None`), its held jobs,
+/// highest priority then oldest first, until it has `share` jobs in the queue; returns them, to
+/// be published (their `unpublished_since` is set, so the outbox publishes them if the caller
+/// cannot).
 pub(super) async fn release(db: &Db, share: u32, tenants: Option<&[String]>) -> Result<Vec<Job>, StoreError> {
-    if share == 0 || tenants.is_some_and(|t| t.is_empty()) {
+    if share == 0 {
         return Ok(Vec::new());
     }
-    let filter = match tenants {
-        Some(t) => {
-            let marks: Vec<String> = (0..t.len()).map(|i| format!("${}", i + 3)).collect();
-            format!("AND h.tenant IN ({})", marks.join(", "))
+    let tenants = match tenants {
+        Some(t) => t.to_vec(),
+        None => {
+            let sql = "SELECT DISTINCT tenant FROM jobs WHERE held";
+            on!(db, pool => sqlx::query_scalar(sql).fetch_all(pool).await?)
         }
-        None => String::new(),
     };
-    // Each held job is ranked within its tenant; it goes when its rank plus the tenant's jobs
-    // already queued stays within the share.
-    let sql = format!(
-        "UPDATE jobs SET held = FALSE, unpublished_since = $1 WHERE id IN (\
-           SELECT id FROM (\
-             SELECT h.id, ROW_NUMBER() OVER (PARTITION BY h.tenant ORDER BY h.priority DESC, h.id) AS n, \
-               (SELECT COUNT(*) FROM jobs q WHERE q.tenant = h.tenant AND q.status = 'enqueued' AND NOT q.held) AS queued \
-             FROM jobs h WHERE h.held AND h.status = 'enqueued' {filter}\
-           ) ranked WHERE ranked.n + ranked.queued <= $2\
-         ) RETURNING doc"
-    );
+    let mut released = Vec::new();
+    for tenant in &tenants {
+        for doc in release_one(db, share, tenant).await? {
+            released.push(serde_json::from_str(&doc)?);
+        }
+    }
+    Ok(released)
+}
+
+/// One tenant's release: one statement that counts the tenant's queued jobs and takes that many
+/// fewer than the share from the head of its held ones (an index range, however many are held).
+async fn release_one(db: &Db, share: u32, tenant: &str) -> Result<Vec<String>, StoreError> {
+    let sql = "UPDATE jobs SET held = FALSE, unpublished_since = $1 WHERE id IN (\
+                 SELECT id FROM jobs WHERE tenant = $3 AND held AND status = 'enqueued' \
+                 ORDER BY priority DESC, id \
+                 LIMIT (SELECT CASE WHEN COUNT(*) < $2 THEN $2 - COUNT(*) ELSE 0 END \
+                        FROM jobs WHERE tenant = $3 AND status = 'enqueued' AND NOT held)\
+               ) RETURNING doc";
     let now = Utc::now().timestamp_millis();
-    let names = tenants.unwrap_or_default();
-    let docs: Vec<String> = match db {
+    let docs = match db {
         // One statement: SQLite runs one writer at a time.
         Db::Sqlite(pool) => {
-            let mut q = sqlx::query_scalar(&sql).bind(now).bind(share as i64);
-            for t in names {
-                q = q.bind(t);
-            }
-            q.fetch_all(pool).await?
+            sqlx::query_scalar(sql)
+                .bind(now)
+                .bind(share as i64)
+                .bind(tenant)
+                .fetch_all(pool)
+                .await?
         }
-        // PostgreSQL reads the counts at the statement's start: two concurrent releases could
-        // both see room. A transaction-scoped advisory lock makes them take turns.
+        // PostgreSQL reads the count at the statement's start: two concurrent releases could
+        // both see room. A transaction-scoped advisory lock per tenant makes them take turns.
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7142001)")
+            sqlx::query("SELECT pg_advisory_xact_lock(7142001, hashtext($1))")
+                .bind(tenant)
                 .execute(&mut *tx)
                 .await?;
-            let mut q = sqlx::query_scalar(&sql).bind(now).bind(share as i64);
-            for t in names {
-                q = q.bind(t);
-            }
-            let docs = q.fetch_all(&mut *tx).await?;
+            let docs = sqlx::query_scalar(sql)
+                .bind(now)
+                .bind(share as i64)
+                .bind(tenant)
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
             docs
         }
     };
-    Ok(docs.iter().map(|d| serde_json::from_str(d)).collect::<Result<_, _>>()?)
+    Ok(docs)
 }
 
 impl Store {
@@ -72,6 +82,6 @@ impl Store {
     /// Jobs of a tenant held out of the queue, for tests and `/ready`-style checks.
     pub async fn held_count(&self, tenant: &str) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM jobs WHERE tenant = $1 AND held";
-        Ok(crate::jobs::db::on!(&self.db, pool => sqlx::query_scalar(sql).bind(tenant).fetch_one(pool).await?))
+        Ok(on!(&self.db, pool => sqlx::query_scalar(sql).bind(tenant).fetch_one(pool).await?))
     }
 }
