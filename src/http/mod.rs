@@ -132,6 +132,11 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                     .error_handler(|e, _| ApiError::new(Code::InvalidQuery, e.to_string()).into()),
             )
             .app_data(
+                web::JsonConfig::default()
+                    .limit(64 << 10)
+                    .error_handler(|e, _| ApiError::new(Code::InvalidJson, e.to_string()).into()),
+            )
+            .app_data(
                 web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::NotFound, e.to_string()).into()),
             )
             .configure(meta::configure)
