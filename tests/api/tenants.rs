@@ -504,7 +504,11 @@ async fn admins_manage_keys_over_the_api() {
     let bad = admin.post_json("/api/v1/keys", &json!({"tenant": "Bad Name"})).await;
     assert_eq!(bad.status(), 400);
     let no_body = admin.post("/api/v1/keys").await;
-    assert_eq!(code_of(no_body).await, (400, Code::InvalidJson), "the error shape, not text");
+    assert_eq!(
+        code_of(no_body).await,
+        (400, Code::InvalidJson),
+        "the error shape, not text"
+    );
     for secs in [u64::MAX, 1_000_000_000_000_000] {
         let forever = json!({"tenant": "acme", "expires_in_secs": secs});
         let made = admin.post_json("/api/v1/keys", &forever).await;
