@@ -102,14 +102,21 @@ pub fn limits_of(
     tenants: &BTreeMap<String, TenantConfig>,
     tenant: &str,
 ) -> TenantLimits {
-    let own = tenants.get(tenant).cloned().unwrap_or_default();
+    // Borrowed, not cloned: this runs on every API request.
+    let own = tenants.get(tenant);
     TenantLimits {
-        submits_per_minute: own.submits_per_minute.unwrap_or(rate.submits_per_minute),
-        reads_per_minute: own.reads_per_minute.unwrap_or(rate.reads_per_minute),
-        max_active_jobs: own.max_active_jobs.unwrap_or(quota.max_active_jobs),
-        max_images_per_job: own.max_images_per_job.unwrap_or(quota.max_images_per_job),
-        max_stored_bytes: own.max_stored_bytes.unwrap_or(quota.max_stored_bytes),
-        max_gpu_seconds_per_day: own.max_gpu_seconds_per_day.unwrap_or(quota.max_gpu_seconds_per_day),
+        submits_per_minute: own
+            .and_then(|o| o.submits_per_minute)
+            .unwrap_or(rate.submits_per_minute),
+        reads_per_minute: own.and_then(|o| o.reads_per_minute).unwrap_or(rate.reads_per_minute),
+        max_active_jobs: own.and_then(|o| o.max_active_jobs).unwrap_or(quota.max_active_jobs),
+        max_images_per_job: own
+            .and_then(|o| o.max_images_per_job)
+            .unwrap_or(quota.max_images_per_job),
+        max_stored_bytes: own.and_then(|o| o.max_stored_bytes).unwrap_or(quota.max_stored_bytes),
+        max_gpu_seconds_per_day: own
+            .and_then(|o| o.max_gpu_seconds_per_day)
+            .unwrap_or(quota.max_gpu_seconds_per_day),
     }
 }
 
