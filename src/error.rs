@@ -84,6 +84,7 @@ codes! {
     QuotaExceeded = "quota_exceeded", 429, Answer, "the tenant is at a quota; the message names it, its value and the use";
     JobNotFound = "job_not_found", 404, Answer, "no job has this id";
     FileNotFound = "file_not_found", 404, Answer, "the job has no result file of this name";
+    NoResults = "no_results", 404, Answer, "the job has no result files to archive: it has not succeeded";
     LogNotFound = "log_not_found", 404, Answer, "the engine has not run for this job";
     NotFound = "not_found", 404, Answer, "no such route";
     MethodNotAllowed = "method_not_allowed", 405, Answer, "the route does not take this method (the Allow header lists those it takes)";

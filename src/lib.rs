@@ -9,6 +9,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod images;
 pub mod jobs;

@@ -74,6 +74,14 @@ pub enum Param {
 }
 
 impl Param {
+    /// The values of a choice, as a job writes them (empty for other kinds).
+    pub fn choices(&self) -> Vec<String> {
+        match self {
+            Param::Choice { values } => values.iter().map(choice_text).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Ok when `value` is acceptable; else what is.
     pub fn check(&self, value: &str) -> Result<(), String> {
         match self {
@@ -89,8 +97,8 @@ impl Param {
                 "true" | "false" => Ok(()),
                 _ => Err("true or false".into()),
             },
-            Param::Choice { values } => {
-                let names: Vec<String> = values.iter().map(choice_text).collect();
+            Param::Choice { .. } => {
+                let names = self.choices();
                 match names.iter().any(|n| n == value) {
                     true => Ok(()),
                     false => Err(format!("one of {}", names.join(", "))),

@@ -83,6 +83,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Prometheus metrics of this process.
     pub metrics: crate::metrics::Metrics,
+    /// Job changes for the live event streams of this process.
+    pub feed: crate::events::Feed,
     /// Jobs just published, to be marked so in the database.
     published: tokio::sync::mpsc::UnboundedSender<Uuid>,
     owner: String,
@@ -195,7 +197,9 @@ impl App {
         let store = Arc::new(Store::sharing(db, config.scheduling.queued_per_tenant));
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
+        let feed = crate::events::Feed::start(store.clone(), shutdown.clone());
         Ok(Arc::new(App {
+            feed,
             jobs: store,
             keys,
             tokens,

@@ -73,16 +73,17 @@ pub(super) fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Ve
         if url.len() > multipart::MAX_URL_BYTES {
             return Err(multipart::url_too_long());
         }
-        check_url(app, url, Code::InvalidImageUrl)?;
+        check_url(app, url, Code::InvalidImageUrl).map_err(|e| e.at("image_urls"))?;
     }
     if let Some(url) = &req.callback_url {
         if url.len() > multipart::MAX_URL_BYTES {
             return Err(ApiError::new(
                 Code::InvalidCallbackUrl,
                 format!("a callback URL is at most {} bytes", multipart::MAX_URL_BYTES),
-            ));
+            )
+            .at("callback_url"));
         }
-        check_url(app, url, Code::InvalidCallbackUrl)?;
+        check_url(app, url, Code::InvalidCallbackUrl).map_err(|e| e.at("callback_url"))?;
     }
     if let Some(metadata) = &req.metadata {
         let size = serde_json::to_vec(metadata).map_or(0, |v| v.len()) as u64;
@@ -93,7 +94,8 @@ pub(super) fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Ve
                     "metadata is {size} bytes of JSON, over limits.max_metadata_bytes ({})",
                     limits.max_metadata_bytes
                 ),
-            ));
+            )
+            .at("metadata"));
         }
     }
     let pipeline = req.pipeline.unwrap_or_else(|| app.default_pipeline().into());
@@ -105,13 +107,15 @@ pub(super) fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Ve
                 quote(&pipeline),
                 app.pipelines.names().join(", ")
             ),
-        ));
+        )
+        .at("pipeline"));
     };
     if preset.gpu && !app.gpu_available() {
         return Err(ApiError::new(
             Code::GpuUnavailable,
             format!("pipeline '{pipeline}' needs a GPU and this deployment has none; use 'draft'"),
-        ));
+        )
+        .at("pipeline"));
     }
     let mut params = BTreeMap::new();
     for (k, v) in req.params {
@@ -123,14 +127,20 @@ pub(super) fn fill_job(app: &App, job: &mut Job, req: SubmitRequest, uploads: Ve
                 return Err(ApiError::new(
                     Code::InvalidParam,
                     format!("parameter '{}' must be a string, number or boolean", quote(&k)),
-                ))
+                )
+                .at(format!("params.{k}")))
             }
         };
         params.insert(k, value);
     }
-    preset.overrides_with(&params).map_err(|e| match e {
-        PipelineError::ParamNotAllowed(..) => ApiError::new(Code::ParamNotAllowed, e.to_string()),
-        _ => ApiError::new(Code::InvalidParam, e.to_string()),
+    preset.overrides_with(&params).map_err(|e| match &e {
+        PipelineError::ParamNotAllowed(name, ..) => {
+            ApiError::new(Code::ParamNotAllowed, e.to_string()).at(format!("params.{name}"))
+        }
+        PipelineError::InvalidParam(name, _) => {
+            ApiError::new(Code::InvalidParam, e.to_string()).at(format!("params.{name}"))
+        }
+        _ => ApiError::new(Code::InvalidParam, e.to_string()).at("params"),
     })?;
     let max_timeout = app.config.engine.timeout_secs;
     let timeout_secs = match req.timeout_secs {

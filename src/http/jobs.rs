@@ -30,6 +30,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/jobs/{id}/cancel", "POST").route(web::post().to(cancel)))
     .service(resource("/jobs/{id}/retry", "POST").route(web::post().to(retry)))
     .service(resource("/jobs/{id}/log", "GET").route(web::get().to(log_tail)))
+    .service(resource("/jobs/{id}/estimate", "GET").route(web::get().to(estimate)))
     .service(resource("/jobs/{id}/files/{name:.+}", "GET").route(web::get().to(file)));
 }
 
@@ -46,7 +47,7 @@ fn job_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// The job, if it exists and the principal may see it: another tenant's job answers exactly as
 /// a job that does not exist, after the same one read.
-async fn find(jobs: &Store, who: &Principal, id: &str) -> Result<Job, ApiError> {
+pub(super) async fn find(jobs: &Store, who: &Principal, id: &str) -> Result<Job, ApiError> {
     jobs.get(job_id(id)?)
         .await?
         .filter(|job| who.sees(&job.tenant))
@@ -227,8 +228,23 @@ pub(super) async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// `GET /jobs/{id}/files/{name}` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FileQuery {
+    /// With S3 storage, answer 302 to a presigned link (default); false sends the bytes through
+    /// the service (for pages whose Content-Security-Policy allows only their own origin).
+    #[serde(default = "yes")]
+    redirect: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/files/{name}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "Result file name")),
+    params(("id" = String, Path, description = "Job id"), ("name" = String, Path, description = "Result file name"), FileQuery),
     responses((status = 200, description = "The file (Range supported)", content_type = "application/octet-stream"),
         (status = 206, description = "Part of the file"),
         (status = 302, description = "S3 storage: a presigned link to the file"),
@@ -239,6 +255,7 @@ pub(super) async fn file(
     files: web::Data<Storage>,
     who: Principal,
     path: web::Path<(String, String)>,
+    query: web::Query<FileQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
@@ -248,6 +265,15 @@ pub(super) async fn file(
         return Err(not_found());
     }
     let key = job.file_key(&format!("results/{name}"));
+    if !query.redirect && files.local_path(&key).is_none() {
+        // Through this service: for browsers whose page may only connect to its own origin.
+        let size = job.results.iter().find(|r| r.name == name).map_or(0, |r| r.size);
+        let reader = files.reader(&key).await?;
+        return Ok(HttpResponse::Ok()
+            .content_type(mime_guess::from_path(&name).first_or_octet_stream().essence_str())
+            .no_chunking(size)
+            .streaming(tokio_util::io::ReaderStream::new(reader)));
+    }
     if let Some(url) = files.presigned_url(&key).await? {
         // S3: the client downloads straight from the bucket, Range and all.
         return Ok(HttpResponse::Found().insert_header(("location", url)).finish());
@@ -273,7 +299,11 @@ pub(super) async fn log_tail(
     let max = app.config.engine.log_tail_bytes;
     let live = app.work_dir(job.id).join("engine.log");
     let text = match job.status {
-        Status::Processing => engine::tail(&live, max),
+        // The worker may run on another host: then its lines are in the database.
+        Status::Processing => match engine::tail(&live, max) {
+            Some(t) => Some(t),
+            None => shipped_tail(&app.jobs, job.id, max).await,
+        },
         _ => None,
     };
     let text = match text {
@@ -284,4 +314,35 @@ pub(super) async fn log_tail(
         },
     };
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/estimate", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = crate::jobs::estimate::Estimate, description = "Time left, from the node timings of up to 20 \
+        earlier succeeded jobs of the same preset with half to twice the images; `remaining_secs` null when there are none"),
+        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+    security(("api_key" = [])))]
+pub(super) async fn estimate(
+    jobs: web::Data<Store>,
+    who: Principal,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = find(&jobs, &who, &id).await?;
+    Ok(HttpResponse::Ok().json(jobs.estimate(&job).await?))
+}
+
+/// The last `max` bytes (whole lines) of the log lines the worker shipped, if any.
+async fn shipped_tail(jobs: &Store, id: uuid::Uuid, max: u64) -> Option<String> {
+    let end = jobs.log_end(id).await.ok()?;
+    let lines = jobs.log_after(id, (end - 1000).max(0), 1000).await.ok()?;
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for (_, line) in lines.iter().rev() {
+        bytes += line.len() as u64 + 1;
+        if bytes > max {
+            break;
+        }
+        kept.push(line.as_str());
+    }
+    kept.reverse();
+    (!kept.is_empty()).then(|| kept.join("\n") + "\n")
 }

@@ -13,7 +13,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
+mod archive;
 mod auth;
+mod events;
 mod files;
 mod job_request;
 mod jobs;
@@ -21,6 +23,7 @@ mod keys;
 mod meta;
 mod multipart;
 mod openapi;
+mod pipelines;
 mod rate_limit;
 pub mod request_log;
 mod staging;
@@ -51,6 +54,12 @@ impl ApiError {
         ApiError {
             info: ErrorInfo::new(code, message),
         }
+    }
+
+    /// The same error, naming the request field or file it concerns (`ErrorInfo::field`).
+    pub fn at(mut self, field: impl Into<String>) -> ApiError {
+        self.info.field = Some(field.into());
+        self
     }
 
     /// 404 for a job id that does not exist.
@@ -145,6 +154,9 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                     web::scope("")
                         .wrap(from_fn(auth::authenticate))
                         .configure(jobs::configure)
+                        .configure(events::configure)
+                        .configure(archive::configure)
+                        .configure(pipelines::configure)
                         .configure(usage::configure)
                         .configure(keys::configure),
                 ),

@@ -129,7 +129,7 @@ pub(super) fn url_too_long() -> ApiError {
 
 fn set_field(request: &mut SubmitRequest, name: &str, text: String) -> Result<(), ApiError> {
     fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, ApiError> {
-        serde_json::from_str(text).map_err(|e| ApiError::new(Code::InvalidJson, format!("{field}: {e}")))
+        serde_json::from_str(text).map_err(|e| ApiError::new(Code::InvalidJson, format!("{field}: {e}")).at(field))
     }
     match name {
         "image_urls" => request.image_urls.push(text),
@@ -175,9 +175,20 @@ fn staging_error(e: std::io::Error) -> ApiError {
 /// over a limit, or not stored.
 fn intake_error(name: &str, e: images::IntakeError) -> ApiError {
     match e {
-        images::IntakeError::Image(e) => ApiError::new(e.code(), format!("'{}': {e}", super::quote(name))),
-        images::IntakeError::TooLarge(max) => too_large(Code::ImageTooLarge, "limits.max_image_bytes", max),
+        images::IntakeError::Image(e) => at_file(ApiError::new(e.code(), format!("'{}': {e}", super::quote(name))), name),
+        images::IntakeError::TooLarge(max) => {
+            at_file(too_large(Code::ImageTooLarge, "limits.max_image_bytes", max), name)
+        }
         images::IntakeError::TotalTooLarge(max) => too_large(Code::ImagesTooLarge, "limits.max_total_bytes", max),
         images::IntakeError::Io(e) => staging_error(e),
+    }
+}
+
+/// Names the uploaded file an error concerns (names over 255 bytes, which no file system keeps,
+/// are not echoed back).
+fn at_file(e: ApiError, name: &str) -> ApiError {
+    match name.len() {
+        1..=255 => e.at(format!("images/{name}")),
+        _ => e,
     }
 }

@@ -9,11 +9,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub mod db;
+pub mod estimate;
 pub mod lifecycle;
 mod store;
 mod view;
 pub use db::Db;
-pub use store::{Exceeded, Filter, Inserted, Quota, Store, StoreError, TenantUsage};
+pub use store::{Changed, Exceeded, Filter, Inserted, Quota, Store, StoreError, TenantUsage};
 pub use view::JobView;
 
 /// Lifecycle of a job (the same names as meilisearch tasks).
@@ -84,6 +85,15 @@ pub struct Progress {
     pub node_index: Option<u32>,
     /// Number of nodes the engine will run.
     pub node_count: Option<u32>,
+    /// 1-based chunk of the node running now, for nodes split into chunks (Meshroom).
+    #[serde(default)]
+    pub chunk_index: Option<u32>,
+    /// Chunks of that node.
+    #[serde(default)]
+    pub chunk_count: Option<u32>,
+    /// When the node running now started (set by the worker).
+    #[serde(default)]
+    pub node_started_at: Option<DateTime<Utc>>,
 }
 
 /// The one error shape, used by API errors and failed jobs alike.
@@ -93,6 +103,10 @@ pub struct ErrorInfo {
     pub message: String,
     /// Stable machine-readable code, e.g. `engine_timeout`.
     pub code: Code,
+    /// The part of the request it concerns, when one does: a field (`pipeline`, `params.quality`,
+    /// `metadata`, `callback_url`, `image_urls`) or an uploaded file (`images/<its file name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ErrorInfo {
@@ -101,6 +115,7 @@ impl ErrorInfo {
         Self {
             message: message.into(),
             code,
+            field: None,
         }
     }
 }
@@ -252,6 +267,9 @@ pub struct Job {
     /// Engine time of all its attempts, milliseconds.
     #[serde(default)]
     pub engine_ms: u64,
+    /// How long each engine node took in the last attempt, in order (for time-left estimates).
+    #[serde(default)]
+    pub node_timings: Vec<estimate::NodeTiming>,
 }
 
 impl Job {
@@ -289,6 +307,7 @@ impl Job {
             webhook: None,
             gpu: false,
             engine_ms: 0,
+            node_timings: Vec::new(),
         }
     }
 
@@ -324,6 +343,7 @@ impl Job {
         self.log_tail = None;
         self.results.clear();
         self.summary = None;
+        self.node_timings.clear();
         self.started_at = None;
         self.finished_at = None;
         self.cancel_requested = false;

@@ -54,6 +54,9 @@ pub struct Store {
     queued_per_tenant: u32,
     /// New jobs, to the group commit (`group`).
     inserts: tokio::sync::mpsc::UnboundedSender<group::Pending>,
+    /// Signalled after each insert and write of this process, so the live event feed of this
+    /// process needs no poll to see them (others' writes it polls for).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for group::Pending {
@@ -122,12 +125,18 @@ impl Store {
             db,
             queued_per_tenant,
             inserts,
+            changed: Default::default(),
         }
     }
 
     /// The database, for `/ready`.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Signalled after this process inserted or changed a job (a permit is kept when nobody waits).
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Stores a new job, not yet published to the queue (see `unpublished`); `held` says whether
@@ -146,7 +155,10 @@ impl Store {
             let lost = || StoreError::Db(sqlx::Error::PoolClosed);
             self.inserts.send(pending).map_err(|_| lost())?;
             match answer.await.map_err(|_| lost())? {
-                Ok(Some(held)) => return Ok(Inserted { job, held }),
+                Ok(Some(held)) => {
+                    self.changed.notify_one();
+                    return Ok(Inserted { job, held });
+                }
                 Ok(None) => {}
                 Err(e) => return Err(StoreError::Db(sqlx::Error::Protocol(e))),
             }
@@ -212,7 +224,7 @@ impl Store {
         let sql = "UPDATE jobs SET status = $2, finished_at = $3, webhook_pending = $4, doc = $5, \
                    version = version + 1, \
                    unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END, \
-                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, \
+                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, changed_at = $7, \
                    held = CASE WHEN $2 = 'enqueued' THEN held ELSE FALSE END \
                    WHERE id = $1 AND version = $8";
         let doc = serde_json::to_string(job)?;
@@ -231,6 +243,9 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected());
+        if written == 1 {
+            self.changed.notify_one();
+        }
         Ok(written == 1)
     }
 
@@ -294,7 +309,11 @@ impl Store {
     /// files no record names, never a record without files.
     pub async fn remove(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         let sql = "DELETE FROM jobs WHERE id = $1 AND status <> 'processing' RETURNING tenant";
-        let tenant = on!(&self.db, pool => sqlx::query_scalar(sql).bind(key(id)).fetch_optional(pool).await?);
+        let tenant: Option<String> =
+            on!(&self.db, pool => sqlx::query_scalar(sql).bind(key(id)).fetch_optional(pool).await?);
+        if tenant.is_some() {
+            self.log_remove(id).await?;
+        }
         Ok(tenant)
     }
 
@@ -315,12 +334,14 @@ impl Store {
     }
 }
 
+mod feed;
 mod group;
 mod hold;
 mod quota;
 mod sweeps;
 mod usage;
 
+pub use feed::Changed;
 pub use quota::{Exceeded, Quota};
 pub use usage::TenantUsage;
 

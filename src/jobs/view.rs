@@ -2,6 +2,7 @@
 //! (`Job`) also holds what only workers need (lease, worker name, lost attempts, idempotency
 //! key); those never leave the service.
 
+use super::estimate::NodeTiming;
 use super::{Delivery, ErrorInfo, Job, Priority, Progress, ResultFile, Stage, Status, Summary, Upload};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,8 @@ pub struct JobView {
     pub summary: Option<Summary>,
     /// Webhook delivery of the last final state.
     pub webhook: Option<Delivery>,
+    /// How long each engine node took in the last attempt, in order.
+    pub node_timings: Vec<NodeTiming>,
 }
 
 impl From<Job> for JobView {
@@ -92,6 +95,7 @@ impl From<Job> for JobView {
             results: j.results,
             summary: j.summary,
             webhook: j.webhook,
+            node_timings: j.node_timings,
         }
     }
 }

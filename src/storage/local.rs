@@ -106,6 +106,11 @@ impl LocalStorage {
         Ok(tokio::fs::metadata(dest).await.map_err(io(key))?.len())
     }
 
+    pub(super) async fn reader(&self, key: &str) -> Result<super::Reader, StorageError> {
+        let file = tokio::fs::File::open(self.path(key)?).await.map_err(io(key))?;
+        Ok(Box::new(file))
+    }
+
     pub(super) async fn list_children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let dir = self.path(prefix.trim_end_matches('/'))?;
         let mut entries = match tokio::fs::read_dir(&dir).await {

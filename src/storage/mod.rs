@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// An object's bytes as they arrive.
+pub type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
 mod local;
 mod s3;
 
@@ -99,6 +102,14 @@ impl Storage {
         match self {
             Storage::Local(s) => s.fetch_to_file(key, dest).await,
             Storage::S3(s) => s.fetch_to_file(key, dest).await,
+        }
+    }
+
+    /// Reads an object as a stream (for responses that pass it on without a copy).
+    pub async fn reader(&self, key: &str) -> Result<Reader, StorageError> {
+        match self {
+            Storage::Local(s) => s.reader(key).await,
+            Storage::S3(s) => s.reader(key).await,
         }
     }
 

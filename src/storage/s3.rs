@@ -131,6 +131,17 @@ impl S3Storage {
         Ok(file.metadata().await.map_err(io(key))?.len())
     }
 
+    pub(super) async fn reader(&self, key: &str) -> Result<super::Reader, StorageError> {
+        use futures_util::TryStreamExt;
+        let stream = self
+            .bucket
+            .get_object_stream(self.path(key)?)
+            .await
+            .map_err(|e| Self::fail(key, e))?;
+        let bytes = stream.bytes.map_err(std::io::Error::other);
+        Ok(Box::new(tokio_util::io::StreamReader::new(bytes)))
+    }
+
     pub(super) async fn list_children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let full = self.path(prefix)?;
         let pages = self

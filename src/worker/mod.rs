@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 mod context;
 pub mod download;
+mod log_ship;
 mod run;
 
 pub use context::{CancelHandles, Context, Settings};

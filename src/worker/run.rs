@@ -3,6 +3,7 @@
 use super::{download, Context, Failure, Slot};
 use crate::engine::{self, EngineError};
 use crate::error::Code;
+use crate::jobs::estimate::Timer;
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Store, Summary};
 use crate::pipelines::{Engine, Preset};
 use backon::Retryable;
@@ -91,6 +92,7 @@ async fn run_engine(
     log_key: String,
 ) -> (Result<Option<Summary>, EngineError>, Option<String>) {
     let (progress, writer) = progress_writer(ctx.jobs.clone(), run.job);
+    let (shipped, shipper) = super::log_ship::start(ctx.jobs.clone(), run.job, run.log_path());
     if let Some(ended) = slot.engine_ended.take() {
         ctx.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
     }
@@ -101,10 +103,23 @@ async fn run_engine(
     .await;
     slot.engine_ended = Some(Instant::now());
     drop(progress);
-    let _ = writer.await;
-    // Every attempt's engine time counts, for usage and GPU-second quotas.
+    let timer = writer.await.unwrap_or_default();
+    shipped.cancel();
+    let _ = shipper.await;
+    // Every attempt's engine time counts, for usage and GPU-second quotas; a run that ended well
+    // leaves its node timings for later estimates.
     let ms = started.elapsed().as_millis() as u64;
-    if let Err(e) = ctx.jobs.update(run.job, |j| j.engine_ms += ms).await {
+    let timings = result.is_ok().then(|| timer.finish(chrono::Utc::now()));
+    let recorded = ctx
+        .jobs
+        .update(run.job, |j| {
+            j.engine_ms += ms;
+            if let Some(t) = &timings {
+                j.node_timings = t.clone();
+            }
+        })
+        .await;
+    if let Err(e) = recorded {
         log::warn!("job {}: engine time not recorded: {e}", run.job);
     }
     let tail = engine::tail(&run.log_path(), ctx.settings.engine.log_tail_bytes);
@@ -116,16 +131,34 @@ async fn run_engine(
 }
 
 /// A channel whose progress reports are written to the job record by a task of their own, so a
-/// chatty engine never waits on storage: reports that arrive during a write are coalesced.
-fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<()>) {
+/// chatty engine never waits on storage: reports that arrive during a write are coalesced. The
+/// task also times the nodes (for estimates); it returns its timer when the channel closes.
+fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<Timer>) {
     let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
     let writer = tokio::spawn(async move {
+        let mut timer = Timer::default();
+        // This attempt's timings replace those of an earlier, interrupted one.
+        let mut first = true;
         while rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            if let Err(e) = store.update(id, |j| j.progress = p.clone()).await {
+            let mut p = rx.borrow_and_update().clone();
+            let ended = timer.observe(&mut p, chrono::Utc::now());
+            let reset = std::mem::take(&mut first);
+            let written = store
+                .update(id, |j| {
+                    j.progress = p.clone();
+                    if reset {
+                        j.node_timings.clear();
+                    }
+                    if let Some(t) = &ended {
+                        j.node_timings = t.clone();
+                    }
+                })
+                .await;
+            if let Err(e) = written {
                 log::warn!("job {id}: progress not stored: {e}");
             }
         }
+        timer
     });
     (tx, writer)
 }

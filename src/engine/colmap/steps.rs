@@ -40,6 +40,7 @@ impl Step {
             node: Some(self.name().to_string()),
             node_index: Some(index as u32 + 1),
             node_count: Some(Self::COUNT as u32),
+            ..Progress::default()
         }
     }
 }

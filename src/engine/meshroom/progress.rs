@@ -136,11 +136,20 @@ impl Tracker {
             (None, None) => None,
         };
         let index = (from_status.max(from_line) as u32 + 1).min(total);
+        // Chunks: the status files count them as they end; a printed `(c/C)` names the one started.
+        let chunk = match (running, line) {
+            (Some(r), _) if r.chunks > 1 => Some(((r.chunks_done + 1).min(r.chunks), r.chunks)),
+            (None, Some((_, _, Some(c), _))) => Some(c),
+            _ => None,
+        };
         Progress {
             percent: (from_status.max(from_line) / total as f32 * 100.0).min(99.0),
             node,
             node_index: Some(index),
             node_count: Some(total),
+            chunk_index: chunk.map(|c| c.0),
+            chunk_count: chunk.map(|c| c.1),
+            node_started_at: None,
         }
     }
 }

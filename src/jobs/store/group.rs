@@ -69,19 +69,19 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
 /// taken, by an earlier job or by an earlier row of the same statement, is left out).
 async fn insert(db: &Db, batch: &[Pending], hold: bool) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
     const N: usize = 14;
+    let now = Utc::now().timestamp_millis();
     let rows: Vec<String> = (0..batch.len())
         .map(|r| {
             let p: Vec<String> = (1..=N).map(|i| format!("${}", r * N + i)).collect();
-            format!("({}, 1)", p.join(", "))
+            format!("({}, 1, {now})", p.join(", "))
         })
         .collect();
     let sql = format!(
         "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-         unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version) VALUES {} \
+         unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) VALUES {} \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows.join(", ")
     );
-    let now = Utc::now().timestamp_millis();
     let ids: Vec<Vec<u8>> = on!(db, pool => {
         let mut q = sqlx::query_scalar(&sql);
         for p in batch {

@@ -77,8 +77,8 @@ impl Store {
         let doc = serde_json::to_string(&job)?;
         // The row is selected into the table only when every quota holds, all in one statement.
         let sql = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-            unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version) \
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1 WHERE \
+            unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) \
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $20 WHERE \
               ($15 = 0 OR (SELECT COUNT(*) FROM jobs WHERE tenant = $9 AND status IN ('enqueued', 'processing')) < $15) \
               AND ($16 = 0 OR (SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = $9) + $12 <= $16) \
               AND ($17 = 0 OR NOT $18 OR (SELECT COALESCE(SUM(gpu_ms), 0) FROM jobs WHERE tenant = $9 \
@@ -110,6 +110,7 @@ impl Store {
                     .bind(quota.max_gpu_seconds_per_day.saturating_mul(1000) as i64)
                     .bind(job.gpu)
                     .bind(now - DAY_MS)
+                    .bind(now)
             };
         }
         let inserted: Option<Vec<u8>> = match &self.db {
@@ -126,6 +127,7 @@ impl Store {
             }
         };
         if inserted.is_some() {
+            self.changed.notify_one();
             let released = hold::release(
                 &self.db,
                 self.queued_per_tenant,
