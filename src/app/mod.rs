@@ -77,6 +77,8 @@ pub struct App {
     pub gpus: Vec<u32>,
     /// Whether the API accepts jobs whose pipeline needs a GPU.
     accepts_gpu_jobs: bool,
+    /// Whether this process serves the API and the console (not `work`).
+    serves_api: bool,
     /// Cancel handles of the jobs running in this process.
     pub running: Arc<crate::worker::CancelHandles>,
     /// Cancelled when the process stops: running jobs are stopped and queued again.
@@ -211,6 +213,7 @@ impl App {
             egress,
             // Behind `serve`, GPU jobs wait in their own queue for `work --gpu N` nodes.
             accepts_gpu_jobs: role == Role::Serve || !gpus.is_empty(),
+            serves_api: role != Role::Work,
             gpus,
             running: Default::default(),
             shutdown,
@@ -239,6 +242,11 @@ impl App {
     /// Folder for uploads in progress.
     pub fn tmp_dir(&self) -> PathBuf {
         self.config.server.data_dir.join("tmp")
+    }
+
+    /// True when this process serves the API and the web console.
+    pub fn serves_console(&self) -> bool {
+        self.serves_api
     }
 
     /// True when this deployment can run GPU pipelines.

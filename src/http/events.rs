@@ -128,7 +128,9 @@ impl Follow {
         loop {
             if final_state {
                 // The worker ships the last lines before it records the outcome.
-                let _ = self.send_log(&app, &sink).await;
+                if self.log {
+                    let _ = self.send_log(&app, &sink).await;
+                }
                 let _ = sink.event(&self.event_id(), "end", "{}").await;
                 return;
             }

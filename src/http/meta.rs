@@ -60,8 +60,13 @@ pub(super) async fn ready(app: web::Data<App>) -> HttpResponse {
     }
 }
 
-#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, description = "Name, version, engine, queue")))]
-pub(super) async fn root(app: web::Data<App>) -> HttpResponse {
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, description = "Name, version, engine, queue"),
+    (status = 302, description = "To the web console (`console/`), when the request accepts text/html")))]
+pub(super) async fn root(app: web::Data<App>, req: HttpRequest) -> HttpResponse {
+    // Browsers (asking for HTML) get the console; API clients the summary.
+    if super::console::wants_html(&req) && app.serves_console() {
+        return super::console::from_root();
+    }
     let binary = |e| {
         engine::find_binary(e, &app.config.engine)
             .ok()

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 mod archive;
 mod auth;
+mod console;
 mod events;
 mod files;
 mod job_request;
@@ -149,6 +150,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                 web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::NotFound, e.to_string()).into()),
             )
             .configure(meta::configure)
+            .configure(console::configure)
             .service(
                 web::scope("/api/v1").configure(openapi::configure).service(
                     web::scope("")

@@ -38,10 +38,12 @@ pub struct ParamView {
     pub kind: &'static str,
     /// Smallest value (`int`, `float`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
+    #[schema(value_type = Option<f64>)]
+    pub min: Option<serde_json::Value>,
     /// Largest value (`int`, `float`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
+    #[schema(value_type = Option<f64>)]
+    pub max: Option<serde_json::Value>,
     /// The values allowed (`choice`), as a job writes them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,
@@ -49,15 +51,15 @@ pub struct ParamView {
 
 impl From<&Param> for ParamView {
     fn from(p: &Param) -> ParamView {
-        let range = |kind, min: f64, max: f64| ParamView {
+        let range = |kind, min: serde_json::Value, max: serde_json::Value| ParamView {
             kind,
             min: Some(min),
             max: Some(max),
             values: None,
         };
         match p {
-            Param::Int { min, max } => range("int", *min as f64, *max as f64),
-            Param::Float { min, max } => range("float", *min, *max),
+            Param::Int { min, max } => range("int", (*min).into(), (*max).into()),
+            Param::Float { min, max } => range("float", (*min).into(), (*max).into()),
             Param::Bool => ParamView {
                 kind: "bool",
                 min: None,
