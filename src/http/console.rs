@@ -22,10 +22,26 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 type File = (&'static str, &'static str, &'static [u8]);
 
 const FILES: &[File] = &[
-    ("index.html", "text/html; charset=utf-8", include_bytes!("../../console/dist/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_bytes!("../../console/dist/app.js")),
-    ("app.css", "text/css; charset=utf-8", include_bytes!("../../console/dist/app.css")),
-    ("LICENSES.txt", "text/plain; charset=utf-8", include_bytes!("../../console/dist/LICENSES.txt")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../console/dist/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/dist/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../console/dist/app.css"),
+    ),
+    (
+        "LICENSES.txt",
+        "text/plain; charset=utf-8",
+        include_bytes!("../../console/dist/LICENSES.txt"),
+    ),
 ];
 
 /// What the embedded build was made from (checked against `console/src` by a test).
@@ -106,7 +122,11 @@ mod tests {
     /// The same digest as console/build.mjs: each source's path and bytes, in path order.
     fn sources_hash() -> String {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
-        let mut files = vec!["build.mjs".to_string(), "package.json".into(), "package-lock.json".into()];
+        let mut files = vec![
+            "build.mjs".to_string(),
+            "package.json".into(),
+            "package-lock.json".into(),
+        ];
         for e in std::fs::read_dir(dir.join("src")).unwrap() {
             files.push(format!("src/{}", e.unwrap().file_name().to_string_lossy()));
         }

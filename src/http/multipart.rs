@@ -175,7 +175,9 @@ fn staging_error(e: std::io::Error) -> ApiError {
 /// over a limit, or not stored.
 fn intake_error(name: &str, e: images::IntakeError) -> ApiError {
     match e {
-        images::IntakeError::Image(e) => at_file(ApiError::new(e.code(), format!("'{}': {e}", super::quote(name))), name),
+        images::IntakeError::Image(e) => {
+            at_file(ApiError::new(e.code(), format!("'{}': {e}", super::quote(name))), name)
+        }
         images::IntakeError::TooLarge(max) => {
             at_file(too_large(Code::ImageTooLarge, "limits.max_image_bytes", max), name)
         }
