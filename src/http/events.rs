@@ -182,8 +182,10 @@ impl Follow {
     }
 
     async fn send_state(&mut self, sink: &Sink, e: &Event) -> Option<bool> {
+        // The state the client has already (as on a resume after the outcome) may be final too;
+        // an older one says nothing about now (a retry follows a final state).
         if e.version <= self.version {
-            return Some(false);
+            return Some(e.version == self.version && e.status.is_final());
         }
         self.version = e.version;
         if !sink.event(&self.event_id(), "job", &e.data).await {

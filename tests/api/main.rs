@@ -3,9 +3,11 @@
 
 mod cluster;
 mod colmap;
+mod console;
 mod database;
 mod deploy;
 mod distributed;
+mod events;
 mod faults;
 mod hardening;
 mod helpers;
