@@ -92,10 +92,13 @@ export function jobView(id) {
   }
   const clock = setInterval(tick, 1000);
 
+  const running = () => job && (job.status === 'enqueued' || job.status === 'processing');
   async function estimate() {
-    if (!job || !(job.status === 'enqueued' || job.status === 'processing')) return;
+    if (!running()) return;
     try {
       const e = await api(`jobs/${id}/estimate`);
+      // The job may have ended while the estimate was on its way: "done" stays.
+      if (!running()) return;
       eta.textContent = e.remaining_secs === null ? 'unknown' : `${duration(e.remaining_secs)} (from ${e.based_on} earlier jobs)`;
     } catch (_) {
       /* the next tick tries again */

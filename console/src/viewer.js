@@ -85,9 +85,9 @@ export class Viewer {
       this.note.textContent = 'No mesh or point cloud among the results.';
       return;
     }
-    if (names.includes('cameras.json')) await this.loadCameras(jobId);
+    const cameras = names.includes('cameras.json') ? await this.loadCameras(jobId) : 0;
     this.frame_();
-    this.note.textContent = `Showing ${obj || plys.join(' and ')}.`;
+    this.note.textContent = `Showing ${obj || plys.join(' and ')}${cameras ? `, with the ${cameras} cameras` : ''}.`;
     this.renderer.domElement.dataset.loaded = 'true';
   }
 
@@ -117,15 +117,20 @@ export class Viewer {
 
   async loadPly(jobId, name) {
     const geometry = new PLYLoader().parse(await (await fetchFile(jobId, name)).arrayBuffer());
+    // Open3D writes doubles, which PLYLoader keeps and WebGL cannot take.
+    for (const [key, attr] of Object.entries(geometry.attributes)) {
+      if (attr.array instanceof Float64Array) {
+        geometry.setAttribute(key, new THREE.BufferAttribute(new Float32Array(attr.array), attr.itemSize, attr.normalized));
+      }
+    }
     const colors = geometry.hasAttribute('color');
     if (geometry.index) {
       geometry.computeVertexNormals();
       const material = new THREE.MeshStandardMaterial({ color: colors ? 0xffffff : 0xb8b8b8, vertexColors: colors, side: THREE.DoubleSide });
       this.model.add(new THREE.Mesh(geometry, material));
     } else {
-      geometry.computeBoundingSphere();
-      const size = (geometry.boundingSphere ? geometry.boundingSphere.radius : 1) / 150;
-      const material = new THREE.PointsMaterial({ size, vertexColors: colors, color: colors ? 0xffffff : 0xdddddd });
+      // A few pixels each at any zoom: sparse points stay visible from afar.
+      const material = new THREE.PointsMaterial({ size: 3, sizeAttenuation: false, vertexColors: colors, color: colors ? 0xffffff : 0xdddddd });
       this.model.add(new THREE.Points(geometry, material));
     }
   }
@@ -149,6 +154,7 @@ export class Viewer {
       holder.updateMatrixWorld(true);
       frustum.update();
     }
+    return cameras.length;
   }
 
   // Points the camera at the whole model, and remembers that view for "Reset view".

@@ -107,6 +107,16 @@ async fn buddha13_is_reconstructed_on_cpu() {
     ] {
         assert!(file(&job, name).size > 0, "{name}");
     }
+    // The cameras, for the console's viewer: one per registered photo, named after it (staged
+    // as `NNNN_<name>`).
+    let cameras: Vec<serde_json::Value> = app.get(&file(&job, "cameras.json").url).await.json().await.unwrap();
+    assert_eq!(cameras.len() as u32, summary.registered_images);
+    assert!(
+        cameras.iter().all(|c| c["name"].as_str().unwrap().contains("_buddha_")),
+        "{:?}",
+        &cameras[0]
+    );
+    assert!(cameras.iter().all(|c| c["center"].as_array().unwrap().len() == 3));
 }
 
 #[tokio::test]

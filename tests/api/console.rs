@@ -149,7 +149,7 @@ async fn pipelines_are_listed_with_their_parameters() {
 
 /// The names and SHA-256 of the entries of a zip, as Python's zipfile reads them (an
 /// independent reader, which also checks each entry's CRC).
-fn unzip(bytes: &[u8]) -> BTreeMap<String, String> {
+pub fn unzip(bytes: &[u8]) -> BTreeMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.zip");
     std::fs::write(&path, bytes).unwrap();

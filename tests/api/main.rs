@@ -1,9 +1,11 @@
 //! The one integration-test binary: the real app over HTTP, with the fake engine; real RabbitMQ
 //! and Garage for the distributed tests (`scripts/test` starts them).
 
+mod browser;
 mod cluster;
 mod colmap;
 mod console;
+mod console_browser;
 mod database;
 mod deploy;
 mod distributed;

@@ -73,7 +73,19 @@ pub async fn reconstruct(
         steps.checked(Step::Export, args, "", |_| None).await?;
     }
     summary.mesh = steps.mesh(&ply, &folders.out.join("mesh.ply")).await?;
+    write_cameras(&folders.out).await;
     Ok(summary)
+}
+
+/// `cameras.json` beside the model, for the console's viewer. Optional: the model stands without it.
+async fn write_cameras(out: &std::path::Path) {
+    let Ok(text) = tokio::fs::read_to_string(out.join("sparse/images.txt")).await else {
+        return;
+    };
+    let json = serde_json::to_vec(&parse::cameras(&text)).unwrap_or_default();
+    if let Err(e) = tokio::fs::write(out.join("cameras.json"), json).await {
+        log::warn!("cameras.json not written: {e}");
+    }
 }
 
 /// A clean exit, or the matching error.

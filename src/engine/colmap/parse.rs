@@ -44,6 +44,57 @@ pub fn summary(lines: &[String], images: u32) -> Summary {
     }
 }
 
+/// A registered image's camera, as the console's viewer draws it (`cameras.json`).
+#[derive(Debug, PartialEq, serde::Serialize)]
+pub struct Camera {
+    /// The photo's file name.
+    pub name: String,
+    /// Where the camera was, in model coordinates.
+    pub center: [f64; 3],
+    /// Its rotation from world to camera, as a unit quaternion `[w, x, y, z]` (COLMAP's).
+    pub rotation: [f64; 4],
+}
+
+/// The cameras of a COLMAP text model's `images.txt`: after `#` comments, two lines per image,
+/// `IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME` and its 2D points (an empty line when none).
+/// The centre is `-Rᵀt`. Lines that do not read as an image are skipped.
+pub fn cameras(images_txt: &str) -> Vec<Camera> {
+    let lines = images_txt.lines().filter(|l| !l.starts_with('#'));
+    lines.step_by(2).filter_map(camera).collect()
+}
+
+fn camera(line: &str) -> Option<Camera> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [_, qw, qx, qy, qz, tx, ty, tz, _, name] = fields.get(..10)?.try_into().ok()?;
+    let n = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite());
+    let (w, x, y, z) = (n(qw)?, n(qx)?, n(qy)?, n(qz)?);
+    let t = [n(tx)?, n(ty)?, n(tz)?];
+    // Rows of R from the quaternion; the centre is -Rᵀt.
+    let r = [
+        [
+            1.0 - 2.0 * (y * y + z * z),
+            2.0 * (x * y - w * z),
+            2.0 * (x * z + w * y),
+        ],
+        [
+            2.0 * (x * y + w * z),
+            1.0 - 2.0 * (x * x + z * z),
+            2.0 * (y * z - w * x),
+        ],
+        [
+            2.0 * (x * z - w * y),
+            2.0 * (y * z + w * x),
+            1.0 - 2.0 * (x * x + y * y),
+        ],
+    ];
+    let center = [0, 1, 2].map(|j| -(0..3).map(|i| r[i][j] * t[i]).sum::<f64>());
+    Some(Camera {
+        name: name.to_string(),
+        center,
+        rotation: [w, x, y, z],
+    })
+}
+
 fn bracketed(s: &str) -> Option<f32> {
     let inner = s.trim().strip_prefix('[')?.split(']').next()?;
     let (i, n) = fraction(inner)?;
@@ -58,6 +109,29 @@ fn fraction(s: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cameras_are_read_from_images_txt() {
+        // Two images: one turned 90 degrees about z, one with no 2D points (an empty line).
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        let text = format!(
+            "# Image list with two lines of data per image:\n# header\n\
+             1 {h} 0 0 {h} 1 2 3 1 a.jpg\n10.0 20.0 -1 30.5 40.5 7\n\
+             2 1 0 0 0 0 0 5 1 b c.jpg\n\n\
+             3 nan 0 0 0 0 0 0 1 bad.jpg\n1 2 3\n"
+        );
+        let cams = super::cameras(&text);
+        assert_eq!(cams.len(), 2, "{cams:?}");
+        assert_eq!(cams[0].name, "a.jpg");
+        // R is a +90 degree turn about z: Rᵀt = (2, -1, 3), so the centre is (-2, 1, -3).
+        for (got, want) in cams[0].center.iter().zip([-2.0, 1.0, -3.0]) {
+            assert!((got - want).abs() < 1e-9, "{:?}", cams[0].center);
+        }
+        assert_eq!(cams[1].center, [0.0, 0.0, -5.0]);
+        // Names with spaces keep their first word only in COLMAP's format; ours too.
+        assert_eq!(cams[1].name, "b");
+        assert!(super::cameras("garbage\n\n\u{0}").is_empty());
+    }
+
     use super::*;
 
     #[test]
