@@ -24,6 +24,7 @@ mod keys;
 mod meta;
 mod multipart;
 mod openapi;
+mod outputs;
 mod pipelines;
 mod rate_limit;
 pub mod request_log;
@@ -156,6 +157,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
                     web::scope("")
                         .wrap(from_fn(auth::authenticate))
                         .configure(jobs::configure)
+                        .configure(outputs::configure)
                         .configure(events::configure)
                         .configure(archive::configure)
                         .configure(pipelines::configure)

@@ -9,7 +9,7 @@ use utoipa::OpenApi;
     info(title = "meshroom-svc", description = "Photogrammetry jobs: photos in, 3D models out."),
     paths(
         super::submit::submit, super::submit::reconstruct, super::jobs::get, super::jobs::list, super::jobs::cancel, super::jobs::retry,
-        super::jobs::delete, super::jobs::file, super::jobs::log_tail, super::jobs::estimate, super::events::job_events, super::events::all_events,
+        super::jobs::delete, super::outputs::file, super::outputs::log_tail, super::outputs::estimate, super::events::job_events, super::events::all_events,
         super::archive::archive, super::pipelines::list,
         super::usage::usage, super::keys::list, super::keys::create, super::keys::revoke, super::meta::health, super::meta::ready, super::meta::root, super::meta::metrics,
     ),

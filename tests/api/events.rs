@@ -263,3 +263,63 @@ async fn the_all_jobs_stream_shows_only_the_callers_jobs_and_resumes() {
         replayed.len()
     );
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
+async fn events_reach_every_replica_from_a_worker_elsewhere() {
+    use crate::cluster::{Cluster, BROKER};
+    let _broker = BROKER.read().await;
+    let c = Cluster::new(&[]).await;
+    let (a, b) = (c.serve("serve-a").await, c.serve("serve-b").await);
+    let _worker = c.work("work-1", "none").await;
+    let (a, b) = (a.api(), b.api());
+    let mut all = Stream::open(a, "/api/v1/events", None).await;
+    assert_eq!(all.next(10).await.unwrap().event, "ready");
+
+    // Submitted to A, followed on B: the worker writes only to PostgreSQL.
+    let id = a
+        .submit(json!({"image_urls": [c.edge.add(&Fake::Slow.image(), photo(0))]}))
+        .await;
+    let path = format!("/api/v1/jobs/{id}/events?log=true");
+    let started = std::time::Instant::now();
+    let events = Stream::open(b, &path, None).await.until_end().await;
+    let took = started.elapsed();
+    let states: Vec<&Sse> = events.iter().filter(|e| e.event == "job").collect();
+    assert_eq!(states.last().unwrap().data["job"]["status"], "succeeded");
+    let nodes: std::collections::BTreeSet<&str> = states
+        .iter()
+        .filter_map(|e| e.data["job"]["progress"]["node"].as_str())
+        .collect();
+    assert!(nodes.len() >= 3, "progress node by node: {nodes:?}");
+    // Log lines came while the engine ran, not only at the end.
+    let first_log = events.iter().position(|e| e.event == "log").expect("log lines");
+    let last_state = events.iter().rposition(|e| e.event == "job").unwrap();
+    assert!(first_log < last_state, "the log only came at the end");
+    let seqs = log_seqs(&events);
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+
+    // A reconnect to the other replica resumes where the client was.
+    let middle = events.iter().filter(|e| e.event == "log").nth(seqs.len() / 2).unwrap();
+    let from = middle.data["seq"].as_i64().unwrap();
+    let resumed = Stream::open(a, &path, Some(&middle.id)).await.until_end().await;
+    assert_eq!(log_seqs(&resumed), ((from + 1)..=seqs.len() as i64).collect::<Vec<_>>());
+
+    // The all-jobs stream on A saw the job through to its outcome.
+    let mut outcome = None;
+    while let Some(e) = all.next(5).await {
+        if e.data["job"]["id"] == id.as_str() && e.data["job"]["status"] == "succeeded" {
+            outcome = Some(e);
+            break;
+        }
+    }
+    assert!(outcome.is_some(), "the all-jobs stream missed the outcome");
+    println!(
+        "events across replicas: {} states over {nodes:?} nodes, {} log lines, stream of {:.1} s",
+        states.len(),
+        seqs.len(),
+        took.as_secs_f64()
+    );
+}
