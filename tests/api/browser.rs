@@ -61,6 +61,11 @@ impl Browser {
         ] {
             caps.add_arg(arg).unwrap();
         }
+        if width < 500 {
+            // Chromium's windows are at least 500 px wide: a phone's screen is emulated instead.
+            let metrics = serde_json::json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}});
+            caps.add_experimental_option("mobileEmulation", metrics).unwrap();
+        }
         let driver = WebDriver::new(format!("http://127.0.0.1:{port}"), caps).await.unwrap();
         Browser {
             driver: Some(driver),
@@ -239,4 +244,50 @@ fn a_blank_picture_has_no_spread_and_a_drawn_one_has() {
         }))
         .1 > 50.0
     );
+}
+
+/// A reverse proxy that serves `upstream` under a path prefix (`http://127.0.0.1:<port><prefix>/`),
+/// streaming answers (Server-Sent Events pass as they come) and passing redirects on as they are.
+pub async fn prefix_proxy(upstream: String, prefix: &'static str) -> String {
+    use actix_web::{web, HttpRequest, HttpResponse};
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let forward = move |req: HttpRequest, body: web::Bytes| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let Some(rest) = path.strip_prefix(prefix) else {
+                return HttpResponse::NotFound().finish();
+            };
+            let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+            let mut out = client.request(method, format!("{upstream}{rest}"));
+            for (k, v) in req.headers().iter().filter(|(k, _)| *k != "host") {
+                out = out.header(k.as_str(), v.as_bytes());
+            }
+            let Ok(resp) = out.body(body).send().await else {
+                return HttpResponse::BadGateway().finish();
+            };
+            let mut answer =
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(resp.status().as_u16()).unwrap());
+            for (k, v) in resp.headers() {
+                if !["content-length", "transfer-encoding", "connection"].contains(&k.as_str()) {
+                    answer.append_header((k.as_str(), v.as_bytes()));
+                }
+            }
+            answer.streaming(resp.bytes_stream())
+        }
+    };
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(web::PayloadConfig::new(1 << 30))
+            .default_service(web::to(forward.clone()))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    tokio::spawn(server.run());
+    format!("http://{addr}{prefix}")
 }

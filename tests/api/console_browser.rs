@@ -243,7 +243,7 @@ async fn the_apis_error_shows_next_to_the_file_it_concerns() {
 
 #[tokio::test]
 #[cfg_attr(not(feature = "full"), ignore = "full tier (chromium): scripts/test")]
-async fn a_key_is_asked_for_kept_in_the_tab_and_the_page_fits_a_phone() {
+async fn behind_a_proxy_prefix_a_key_is_asked_for_kept_in_the_tab_and_the_page_fits_a_phone() {
     let key = "key-browser-7d1e3a";
     let app = spawn_app_with(|c| c.secrets.api_keys = vec![key.to_string().into()], vec![]).await;
     let edge = Edge::start().await;
@@ -252,8 +252,12 @@ async fn a_key_is_asked_for_kept_in_the_tab_and_the_page_fits_a_phone() {
     let id = api.submit(json!({"image_urls": [edge.add("a.jpg", photo(0))]})).await;
     api.finished(&id, 30).await;
 
+    // Behind a reverse proxy under a path prefix: every asset and API call stays under it.
+    let front = crate::browser::prefix_proxy(app.base.clone(), "/photos3d").await;
     let b = Browser::start("phone", 390, 844).await;
-    b.driver().goto(app.url("/console/#/jobs")).await.unwrap();
+    b.driver().goto(format!("{front}/")).await.unwrap();
+    b.wait("return location.pathname === '/photos3d/console/'", 20).await;
+    b.driver().goto(format!("{front}/console/#/jobs")).await.unwrap();
     b.wait("return document.querySelector('#key-dialog').open", 20).await;
     b.snap("1-key").await;
     b.driver()
@@ -277,10 +281,7 @@ async fn a_key_is_asked_for_kept_in_the_tab_and_the_page_fits_a_phone() {
     assert!(b.fits_width().await, "the jobs list scrolls sideways on a phone");
     b.snap("2-jobs").await;
 
-    b.driver()
-        .goto(app.url(&format!("/console/#/jobs/{id}")))
-        .await
-        .unwrap();
+    b.driver().goto(format!("{front}/console/#/jobs/{id}")).await.unwrap();
     b.wait(
         "return document.querySelector('#job-status')?.textContent === 'succeeded'",
         20,
@@ -294,7 +295,7 @@ async fn a_key_is_asked_for_kept_in_the_tab_and_the_page_fits_a_phone() {
     assert!(b.fits_width().await, "the job page scrolls sideways on a phone");
     assert!(b.unlabelled().await.is_empty(), "{:?}", b.unlabelled().await);
     b.snap("3-job").await;
-    b.driver().goto(app.url("/console/#/submit")).await.unwrap();
+    b.driver().goto(format!("{front}/console/#/submit")).await.unwrap();
     b.wait("return document.querySelector('#submit-button')", 10).await;
     assert!(b.fits_width().await, "the submit page scrolls sideways on a phone");
     b.snap("4-submit").await;
