@@ -35,6 +35,9 @@ pub struct Event {
     pub version: i64,
     /// When it changed, unix ms.
     pub changed_at: i64,
+    /// The job's `updated_at`: the same one means the same view (internal changes, such as
+    /// lease refreshes, bump the version but not this).
+    pub updated_at: chrono::DateTime<chrono::Utc>,
     /// `{"version": v, "job": JobView}`, serialized once for every stream.
     pub data: String,
 }
@@ -42,7 +45,7 @@ pub struct Event {
 impl Event {
     /// The event of a job's current state.
     pub fn new(version: i64, changed_at: i64, job: crate::jobs::Job) -> Event {
-        let (id, tenant, status) = (job.id, job.tenant.clone(), job.status);
+        let (id, tenant, status, updated_at) = (job.id, job.tenant.clone(), job.status, job.updated_at);
         let data = serde_json::json!({"version": version, "job": JobView::from(job)}).to_string();
         Event {
             id,
@@ -50,6 +53,7 @@ impl Event {
             status,
             version,
             changed_at,
+            updated_at,
             data,
         }
     }
@@ -83,7 +87,7 @@ pub fn now_ms() -> i64 {
 async fn run(store: Arc<Store>, tx: broadcast::Sender<Arc<Event>>, shutdown: CancellationToken) {
     let wake = store.changes();
     let mut watermark = now_ms();
-    let mut sent: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    let mut sent: HashMap<Uuid, Sent> = HashMap::new();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -108,8 +112,16 @@ async fn run(store: Arc<Store>, tx: broadcast::Sender<Arc<Event>>, shutdown: Can
             }
             Err(_) => {}
         }
-        sent.retain(|_, (_, at)| *at > watermark - 2 * LOOKBACK_MS);
+        sent.retain(|_, s| s.changed_at > watermark - 2 * LOOKBACK_MS);
     }
+}
+
+/// What the feed last sent of a job.
+#[derive(Debug)]
+struct Sent {
+    version: i64,
+    changed_at: i64,
+    updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Sends the changes after `watermark - LOOKBACK_MS` not sent yet; returns the new watermark.
@@ -117,20 +129,32 @@ async fn poll(
     store: &Store,
     tx: &broadcast::Sender<Arc<Event>>,
     mut watermark: i64,
-    sent: &mut HashMap<Uuid, (i64, i64)>,
+    sent: &mut HashMap<Uuid, Sent>,
 ) -> Result<i64, crate::jobs::StoreError> {
     let mut since = watermark - LOOKBACK_MS;
     loop {
         let page = store.changed_since(since, PAGE).await?;
         for c in &page {
             watermark = watermark.max(c.changed_at);
-            if sent.get(&c.id).is_some_and(|(v, _)| *v >= c.version) {
+            if sent.get(&c.id).is_some_and(|s| s.version >= c.version) {
                 continue;
             }
-            // The job may have changed again (or gone) since: send what it is now.
+            // The job may have changed again (or gone) since: send what it is now, unless only
+            // internal fields moved (a lease refresh in the look-back window).
             if let Some((version, job)) = store.get_versioned(c.id).await? {
-                sent.insert(c.id, (version, c.changed_at));
-                let _ = tx.send(Arc::new(Event::new(version, c.changed_at, job)));
+                let updated_at = job.updated_at;
+                let news = sent.get(&c.id).is_none_or(|s| s.updated_at != updated_at);
+                sent.insert(
+                    c.id,
+                    Sent {
+                        version,
+                        changed_at: c.changed_at,
+                        updated_at,
+                    },
+                );
+                if news {
+                    let _ = tx.send(Arc::new(Event::new(version, c.changed_at, job)));
+                }
             }
         }
         match page.last() {

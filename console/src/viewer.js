@@ -51,9 +51,15 @@ export class Viewer {
     this.resize.observe(box);
     this.fit();
     const loop = () => {
+      try {
+        this.controls.update();
+        this.renderer.render(this.scene, this.camera);
+      } catch (e) {
+        // Once, not at every frame: a model the GPU cannot take stops the drawing.
+        this.note.textContent = `The model cannot be drawn: ${e.message}`;
+        return;
+      }
       this.frame = requestAnimationFrame(loop);
-      this.controls.update();
-      this.renderer.render(this.scene, this.camera);
     };
     loop();
   }

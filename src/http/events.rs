@@ -94,6 +94,7 @@ pub(super) async fn job_events(
         version,
         line,
         log: query.log,
+        sent: None,
     };
     tokio::spawn(follow.run(app, Sink(tx)));
     Ok(stream_response(rx))
@@ -105,6 +106,8 @@ struct Follow {
     version: i64,
     line: i64,
     log: bool,
+    /// The `updated_at` of the state sent last.
+    sent: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Follow {
@@ -188,6 +191,11 @@ impl Follow {
             return Some(e.version == self.version && e.status.is_final());
         }
         self.version = e.version;
+        // A lease refresh is a new version of the same view: nothing to send.
+        if self.sent == Some(e.updated_at) {
+            return Some(e.status.is_final());
+        }
+        self.sent = Some(e.updated_at);
         if !sink.event(&self.event_id(), "job", &e.data).await {
             return None;
         }

@@ -6,7 +6,7 @@
 //! never lose each other's writes, with no lock held across a network call.
 
 use super::db::{on, Db};
-use super::{DeliveryState, Job, Status};
+use super::{DeliveryState, Job, JobView, Status};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -211,20 +211,26 @@ impl Store {
             if job == current {
                 return Ok(Some(out));
             }
-            job.updated_at = Utc::now();
+            // Lease refreshes and other internal changes are not news to clients: `updated_at`
+            // and the change feed (`changed_at`) move only when what they see changes.
+            let seen = JobView::from(job.clone()) != JobView::from(current.clone());
+            if seen {
+                job.updated_at = Utc::now();
+            }
             // A retry puts a final job back in the queue: it needs a message again.
             let republish = current.status.is_final() && job.status == Status::Enqueued;
-            if self.write(&job, version, republish).await? {
+            if self.write(&job, version, republish, seen).await? {
                 return Ok(Some(out));
             }
         }
     }
 
-    async fn write(&self, job: &Job, version: i64, republish: bool) -> Result<bool, StoreError> {
+    async fn write(&self, job: &Job, version: i64, republish: bool, seen: bool) -> Result<bool, StoreError> {
         let sql = "UPDATE jobs SET status = $2, finished_at = $3, webhook_pending = $4, doc = $5, \
                    version = version + 1, \
                    unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END, \
-                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, changed_at = $7, \
+                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, \
+                   changed_at = CASE WHEN $12 THEN $7 ELSE changed_at END, \
                    held = CASE WHEN $2 = 'enqueued' THEN held ELSE FALSE END \
                    WHERE id = $1 AND version = $8";
         let doc = serde_json::to_string(job)?;
@@ -240,10 +246,11 @@ impl Store {
             .bind(job.stored_bytes() as i64)
             .bind(job.engine_ms as i64)
             .bind(gpu_ms(job))
+            .bind(seen)
             .execute(pool)
             .await?
             .rows_affected());
-        if written == 1 {
+        if written == 1 && seen {
             self.changed.notify_one();
         }
         Ok(written == 1)

@@ -3,6 +3,7 @@
 //! `target/tmp/browser-artifacts/`, kept as the CI run's artifacts.
 
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub struct Browser {
     driver: Option<WebDriver>,
     chromedriver: Child,
     name: String,
+    _profile: tempfile::TempDir,
 }
 
 /// Where the screenshots go.
@@ -36,10 +38,12 @@ impl Browser {
             );
         }
         let port = crate::procs::free_port();
+        // In a process group of its own, with chromium, so that Drop ends both whatever happens.
         let chromedriver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -47,6 +51,8 @@ impl Browser {
             assert!(std::time::Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The profile (and chromium's own log) in a folder that goes with the browser.
+        let profile = tempfile::tempdir().unwrap();
         let mut caps = DesiredCapabilities::chrome();
         caps.set_binary(CHROMIUM).unwrap();
         // WebGL on the CPU (SwiftShader): the viewer draws with no GPU.
@@ -58,6 +64,7 @@ impl Browser {
             "--use-angle=swiftshader",
             "--hide-scrollbars",
             &format!("--window-size={width},{height}"),
+            &format!("--user-data-dir={}", profile.path().display()),
         ] {
             caps.add_arg(arg).unwrap();
         }
@@ -71,6 +78,7 @@ impl Browser {
             driver: Some(driver),
             chromedriver,
             name: name.to_string(),
+            _profile: profile,
         }
     }
 
@@ -188,11 +196,13 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // The session itself is not dropped: thirtyfour would end it synchronously, which stalls
-        // a test's runtime for minutes after a failure. Killing chromedriver ends chromium.
+        // a test's runtime for minutes after a failure.
         if let Some(driver) = self.driver.take() {
             std::mem::forget(driver);
         }
-        let _ = self.chromedriver.kill();
+        // Chromium outlives a killed chromedriver (and would go on writing its log): the whole
+        // process group goes.
+        unsafe { libc::kill(-(self.chromedriver.id() as i32), libc::SIGKILL) };
         let _ = self.chromedriver.wait();
     }
 }

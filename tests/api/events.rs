@@ -21,6 +21,8 @@ struct Sse {
 struct Stream {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<actix_web::web::Bytes>>,
     buf: String,
+    /// The comment lines read so far.
+    comments: Vec<String>,
 }
 
 impl Stream {
@@ -38,6 +40,7 @@ impl Stream {
         Stream {
             body: resp.bytes_stream().boxed(),
             buf: String::new(),
+            comments: Vec::new(),
         }
     }
 
@@ -58,7 +61,10 @@ impl Stream {
                     }
                 }
                 if event.is_empty() {
-                    continue; // a comment: "following" or a heartbeat
+                    // A comment: "following" or a heartbeat.
+                    self.comments
+                        .extend(frame.lines().filter_map(|l| l.strip_prefix(": ")).map(String::from));
+                    continue;
                 }
                 let data = serde_json::from_str(&data).unwrap();
                 return Some(Sse { id, event, data });
@@ -322,4 +328,37 @@ async fn events_reach_every_replica_from_a_worker_elsewhere() {
         seqs.len(),
         took.as_secs_f64()
     );
+}
+
+#[tokio::test]
+async fn idle_streams_get_a_heartbeat_every_15_seconds() {
+    let app = spawn_app().await;
+    let edge = Edge::start().await;
+    let id = app
+        .submit(json!({"image_urls": [edge.add(&Fake::Hang.image(), photo(0))]}))
+        .await;
+    let mut job = Stream::open(&app, &format!("/api/v1/jobs/{id}/events"), None).await;
+    let mut all = Stream::open(&app, "/api/v1/events", None).await;
+    let opened = std::time::Instant::now();
+    app.wait_until(&id, 30, |j| j.status == Status::Processing && j.progress.node.is_some())
+        .await;
+    // What came up to now (`ready`, the job until its first node); then the engine hangs.
+    for stream in [&mut job, &mut all] {
+        while stream.next(1).await.is_some() {}
+    }
+    let started = std::time::Instant::now();
+    // Nothing changes while the engine hangs (the lease refreshes every 3 s are not news): only
+    // heartbeats come.
+    for stream in [&mut job, &mut all] {
+        while !stream.comments.iter().any(|c| c == "heartbeat") {
+            // Returns each second without an event, having kept the comments that came.
+            if let Some(e) = stream.next(1).await {
+                assert!(started.elapsed() < Duration::from_secs(1), "an event while idle: {e:?}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no heartbeat in 20 s");
+        }
+    }
+    let waited = opened.elapsed().as_secs_f64();
+    assert!(waited > 14.0, "heartbeats every 15 s, not more often ({waited:.1} s)");
+    assert_eq!(app.post(&format!("/api/v1/jobs/{id}/cancel")).await.status(), 202);
 }
