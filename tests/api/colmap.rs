@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// COLMAP and Debian's Python with Open3D must be installed (scripts/test installs both): fail,
 /// never skip, without them.
-fn engines(c: &mut meshroom_svc::config::Config) {
+pub fn engines(c: &mut meshroom_svc::config::Config) {
     assert!(
         Path::new("/usr/bin/colmap").exists(),
         "COLMAP is missing: run scripts/test, which installs it (apt-get install colmap)"

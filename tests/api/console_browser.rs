@@ -11,15 +11,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use thirtyfour::By;
 
-fn colmap(c: &mut meshroom_svc::config::Config) {
-    assert!(
-        std::path::Path::new("/usr/bin/colmap").exists(),
-        "COLMAP is missing: run scripts/test, which installs it"
-    );
-    c.engine.colmap = "/usr/bin/colmap".into();
-    c.engine.python = "/usr/bin/python3".into();
-}
-
 /// The id of the job the page shows (from its address).
 async fn job_on_page(b: &Browser) -> String {
     let hash = b
@@ -34,7 +25,7 @@ async fn job_on_page(b: &Browser) -> String {
     ignore = "full tier (chromium, COLMAP, buddha13): scripts/test"
 )]
 async fn photos_dropped_in_the_console_become_a_model_on_screen() {
-    let app = spawn_app_with(colmap, vec![]).await;
+    let app = spawn_app_with(crate::colmap::engines, vec![]).await;
     let b = Browser::start("buddha13", 1280, 800).await;
     // A browser asking for `/` lands on the console.
     b.driver().goto(app.url("/")).await.unwrap();
