@@ -37,6 +37,20 @@ pub enum Command {
         /// e.g. http://127.0.0.1:8080/ready
         url: String,
     },
+    /// Submit photos (files, folders, URLs) as a job; prints its id alone on stdout. With
+    /// --wait, follows it and downloads the results. Exit codes: 0 succeeded, 1 the job failed,
+    /// 2 usage error, 3 canceled, 4 server unreachable or 5xx after retries, 5 authentication or
+    /// quota refused, 130 interrupted (the job left running).
+    Submit(crate::client::args::SubmitArgs),
+    /// List, show, cancel, retry, delete, follow and download jobs (exit codes as for submit).
+    Jobs(crate::client::args::JobsArgs),
+    /// Print a shell completion script: `meshroom-svc completions bash > /etc/bash_completion.d/meshroom-svc`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `meshroom-svc man | man -l -`.
+    Man,
 }
 
 /// Flags of `serve`.

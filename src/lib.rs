@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod egress;
 pub mod engine;

@@ -1,5 +1,5 @@
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use meshroom_svc::cli::{Cli, Command};
 use meshroom_svc::config::Config;
 use std::path::{Path, PathBuf};
@@ -9,11 +9,42 @@ async fn main() {
     // sqlx logs PostgreSQL's notices ("relation already exists, skipping") and slow statements
     // at info: kept for RUST_LOG=sqlx=info.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,sqlx=warn")).init();
+    let cli = Cli::parse();
+    // Client commands read no config file: they talk to a service, wherever it runs.
+    match cli.command {
+        Command::Submit(args) => exit(meshroom_svc::client::submit(args).await),
+        Command::Jobs(args) => exit(meshroom_svc::client::jobs(args).await),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "meshroom-svc", &mut std::io::stdout());
+            return;
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
+    }
     // The message and its causes, without a backtrace: these are operator errors, not bugs.
-    if let Err(e) = run(Cli::parse()).await {
+    if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Ends a client command with its exit code (its error on stderr).
+fn exit(outcome: Result<meshroom_svc::client::Exit, meshroom_svc::client::ClientError>) -> ! {
+    let code = match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit()
+        }
+    };
+    std::process::exit(code as i32)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -24,6 +55,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(path.as_deref())?;
     let running = match cli.command {
         Command::Health { url } => return health(&url).await,
+        Command::Submit(_) | Command::Jobs(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled in main")
+        }
         Command::Keys(args) => {
             apply(&mut config, None, args.data_dir);
             let out = meshroom_svc::tenants::command::run(&config, args.action).await?;

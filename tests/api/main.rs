@@ -2,6 +2,7 @@
 //! and Garage for the distributed tests (`scripts/test` starts them).
 
 mod browser;
+mod cli;
 mod cluster;
 mod colmap;
 mod console;
