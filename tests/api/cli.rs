@@ -102,6 +102,14 @@ async fn exit_codes_say_how_it_ended() {
         err.contains("engine_failed") && err.contains("FeatureMatching"),
         "{err}"
     );
+    // Its log, whole and followed (the job is over: every line, then the end).
+    let id = text(&o.stdout).trim().to_string();
+    for args in [vec!["jobs", "logs", &id], vec!["jobs", "logs", &id, "--follow"]] {
+        let o = run(cli(&app.base, &args)).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let out = text(&o.stdout);
+        assert!(out.contains("[4/10] FeatureMatching"), "{args:?}: {out}");
+    }
 
     // Usage errors: 2.
     let o = run(cli(&app.base, &["submit", "/no/such/photo.jpg"])).await;
