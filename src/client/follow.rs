@@ -30,7 +30,10 @@ pub async fn wait(client: &Client, id: &str) -> Result<Result<JobView, Exit>, Cl
     let result = tokio::select! {
         job = &mut follow => Ok(job?),
         _ = &mut interrupted => {
-            bar.suspend(|| ());
+            // The prompt and the messages after it on a quiet terminal: no bar from here on.
+            bar.disable_steady_tick();
+            bar.finish_and_clear();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             match ask_cancel(id).await {
                 true => {
                     eprintln!("Canceling {id}...");
