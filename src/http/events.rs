@@ -72,7 +72,7 @@ fn last_event_id(req: &HttpRequest) -> Option<&str> {
     responses((status = 200, content_type = "text/event-stream", description = "Server-Sent Events: `job` (data `{version, job}`) \
         on each change, `log` (data `{seq, line}`) with `log=true`, `deleted`, and `end` once the job is final; \
         ids are `version.line`"),
-        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn job_events(
     app: web::Data<App>,

@@ -40,7 +40,7 @@ fn yes() -> bool {
     responses((status = 200, description = "The file (Range supported)", content_type = "application/octet-stream"),
         (status = 206, description = "Part of the file"),
         (status = 302, description = "S3 storage: a presigned link to the file"),
-        (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
+        (status = 400, body = super::ErrorBody), (status = 401, body = super::ErrorBody), (status = 404, body = super::ErrorBody)),
     security(("api_key" = [])))]
 pub(super) async fn file(
     jobs: web::Data<Store>,

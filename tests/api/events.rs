@@ -200,6 +200,10 @@ async fn the_log_follows_a_running_engine_and_a_canceled_job_ends_its_stream() {
 
     let resp = app.get(&format!("/api/v1/jobs/{}/events", uuid::Uuid::now_v7())).await;
     assert_eq!(resp.status(), 404);
+    for bad in ["log=maybe", "log=true&log=false", "follow=1"] {
+        let resp = app.get(&format!("/api/v1/jobs/{id}/events?{bad}")).await;
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
     let resp = app.get(&format!("/api/v1/jobs/{id}/events")).await;
     assert_eq!(resp.status(), 404, "deleted");
 }
