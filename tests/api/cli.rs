@@ -258,3 +258,59 @@ fn completions_and_man_page() {
         .unwrap();
     assert!(o.status.success() && text(&o.stdout).contains(".TH meshroom-svc"));
 }
+
+#[tokio::test]
+async fn ctrl_c_on_a_terminal_asks_and_cancels_on_yes() {
+    use std::io::{Read, Write};
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hang = dir.path().join(Fake::Hang.image());
+    std::fs::write(&hang, photo(0)).unwrap();
+    // stdin and stderr on a pseudo-terminal, as in a shell; stdout piped, as in ID=$(...).
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut c = cli(&app.base, &["submit", hang.to_str().unwrap(), "--wait"]);
+    c.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::piped());
+    let child = c.spawn().unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    // What the terminal shows, read all along so that the child never blocks on it.
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shown = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let id = loop {
+        let list = app.get("/api/v1/jobs").await.json::<Value>().await.unwrap();
+        match list["jobs"][0]["id"].as_str() {
+            Some(id) => break id.to_string(),
+            None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    app.wait_until(&id, 30, |j| j.status == Status::Processing).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !screen.lock().unwrap().contains("[y/N]") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no question: {}",
+            screen.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    master.write_all(b"y\n").unwrap();
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", screen.lock().unwrap());
+    assert_eq!(text(&o.stdout).trim(), id, "the id alone on stdout");
+    assert_eq!(app.view(&id).await.status, Status::Canceled);
+}
