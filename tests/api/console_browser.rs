@@ -214,6 +214,21 @@ async fn the_apis_error_shows_next_to_the_file_it_concerns() {
     let b = Browser::start("error", 1280, 800).await;
     b.driver().goto(app.url("/console/")).await.unwrap();
     b.wait("return document.querySelector('#pipeline option')", 20).await;
+    // A file dropped on the drop zone joins the list (a drop made in the page: WebDriver cannot
+    // drag files from the desktop), and can be removed again.
+    b.js("const dt = new DataTransfer(); \
+          dt.items.add(new File([new Uint8Array([255, 216, 255])], 'dropped.jpg', {type: 'image/jpeg'})); \
+          document.querySelector('#drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); \
+          return 1")
+        .await;
+    b.wait(
+        "return document.querySelector('#file-list li[data-name=\"dropped.jpg\"]')",
+        10,
+    )
+    .await;
+    b.click("#file-list li[data-name=\"dropped.jpg\"] button").await;
+    b.wait("return document.querySelectorAll('#file-list li').length === 0", 10)
+        .await;
     b.choose("#file-input", &[good, text]).await;
     b.wait("return document.querySelectorAll('#file-list li').length === 2", 10)
         .await;
