@@ -161,15 +161,22 @@ async fn read_body(
 /// Moves the staged uploads into storage, made durable. Inputs first, record last: a crash in
 /// between leaves inputs that no record names (unlisted, never run), never a job without them.
 async fn store_inputs(app: &App, job: &Job, staged: &[PathBuf]) -> Result<(), ApiError> {
-    for (upload, path) in job.uploads.iter().zip(staged) {
-        app.files
-            .store_file(&job.file_key(&format!("inputs/{}", upload.name)), path)
-            .await
-            .map_err(|e| {
-                log::error!("job {}: storing an upload failed: {e}", job.id);
-                ApiError::new(Code::StorageUnavailable, "storage is unavailable; try again")
-            })?;
-    }
+    use futures_util::{StreamExt, TryStreamExt};
+    // Several at once: concurrent fsyncs share the file system's journal commits (local), and
+    // PUTs overlap their round trips (S3).
+    futures_util::stream::iter(job.uploads.iter().zip(staged))
+        .map(|(upload, path)| async move {
+            app.files
+                .store_file(&job.file_key(&format!("inputs/{}", upload.name)), path)
+                .await
+                .map_err(|e| {
+                    log::error!("job {}: storing an upload failed: {e}", job.id);
+                    ApiError::new(Code::StorageUnavailable, "storage is unavailable; try again")
+                })
+        })
+        .buffer_unordered(STORE_AT_ONCE)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
     if !job.uploads.is_empty() {
         app.files
             .sync_folders(&job.file_key("inputs"))
@@ -178,6 +185,9 @@ async fn store_inputs(app: &App, job: &Job, staged: &[PathBuf]) -> Result<(), Ap
     }
     Ok(())
 }
+
+/// Uploads stored at once by one submit.
+const STORE_AT_ONCE: usize = 8;
 
 /// `POST /api/v1/reconstruct`: the same as `POST /api/v1/jobs`, under the name some clients know.
 #[utoipa::path(post, path = "/api/v1/reconstruct", tag = "jobs",

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 
+/// Bytes gathered before a write to the file.
+const WRITE_BUFFER: usize = 256 << 10;
+
 /// Why an image was not taken in.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -28,7 +31,7 @@ pub enum IntakeError {
 /// An image being written to `path`. Its bytes count in `total` from the first chunk; dropped
 /// before `finish` succeeds, it takes them back out (a failed download does not count).
 pub struct Intake<'a> {
-    file: tokio::fs::File,
+    file: tokio::io::BufWriter<tokio::fs::File>,
     path: PathBuf,
     inspector: Inspector,
     size: u64,
@@ -41,7 +44,9 @@ impl<'a> Intake<'a> {
     /// Starts an image at `path`, counting into the job's `total`.
     pub async fn create(path: &Path, limits: &'a LimitsConfig, total: &'a AtomicU64) -> std::io::Result<Intake<'a>> {
         Ok(Intake {
-            file: tokio::fs::File::create(path).await?,
+            // Network chunks are small (a few KiB); each write to a tokio file is a hop to the
+            // blocking pool, so they are gathered into writes of `WRITE_BUFFER` bytes.
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::create(path).await?),
             path: path.to_path_buf(),
             inspector: Inspector::new(limits.max_image_pixels),
             size: 0,

@@ -292,7 +292,10 @@ impl Store {
         // One more than asked tells whether another page follows.
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
         let docs: Vec<String> = on!(&self.db, pool => {
-            let mut q = sqlx::query_scalar(&sql);
+            // Planned for its values each time, not once for any: a generic plan cannot tell a
+            // status held by 1% of the jobs from one held by 99%, and walks the primary key
+            // through every job of the other statuses.
+            let mut q = sqlx::query_scalar(&sql).persistent(false);
             for p in params {
                 q = match p {
                     Param::Text(t) => q.bind(t),

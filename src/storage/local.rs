@@ -73,14 +73,15 @@ impl LocalStorage {
     /// fsyncs the folder of `prefix` and every folder above it up to the root, so that the
     /// entries of files stored below survive a power loss.
     pub(super) async fn sync_folders(&self, prefix: &str) -> Result<(), StorageError> {
-        let mut dir = Some(self.path(prefix.trim_end_matches('/'))?);
-        while let Some(d) = dir {
-            sync_file(&d).await.map_err(io(prefix))?;
-            if d == self.root {
-                break;
-            }
-            dir = d.parent().map(Path::to_path_buf);
-        }
+        let folder = self.path(prefix.trim_end_matches('/'))?;
+        let dirs: Vec<&Path> = folder
+            .ancestors()
+            .take_while(|d| d.starts_with(&self.root))
+            .collect();
+        // At once: the file system commits them together.
+        futures_util::future::try_join_all(dirs.iter().map(|d| sync_file(d)))
+            .await
+            .map_err(io(prefix))?;
         Ok(())
     }
 
