@@ -8,12 +8,19 @@ use std::path::PathBuf;
 /// Settings come from the config file, then MESHROOM_SVC_<SECTION>_<KEY> environment variables,
 /// then these flags. Secrets come from the environment only: MESHROOM_SVC_API_KEYS
 /// (comma-separated) and MESHROOM_SVC_WEBHOOK_SECRET (whsec_...). Logs: RUST_LOG=info|debug.
+///
+/// Traces (OpenTelemetry, OTLP over HTTP) are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set
+/// (e.g. http://127.0.0.1:4318), with OTEL_SERVICE_NAME and OTEL_TRACES_SAMPLER if given.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
     /// Config file (TOML). Default: ./meshroom.toml if it exists, else built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log lines: human, or json (one object per line: time, level, target, message, job_id,
+    /// request_id, trace_id) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t, env = "MESHROOM_SVC_LOG_FORMAT")]
+    pub log_format: crate::logging::LogFormat,
     /// The role to run.
     #[command(subcommand)]
     pub command: Command,

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 
 #[actix_web::main]
 async fn main() {
-    // sqlx logs PostgreSQL's notices ("relation already exists, skipping") and slow statements
-    // at info: kept for RUST_LOG=sqlx=info.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,sqlx=warn")).init();
     let cli = Cli::parse();
+    meshroom_svc::logging::init(cli.log_format);
     // Client commands read no config file: they talk to a service, wherever it runs.
     match cli.command {
         Command::Submit(args) => exit(meshroom_svc::client::submit(args).await),
@@ -53,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         default.exists().then(|| default.to_path_buf())
     });
     let mut config = Config::load(path.as_deref())?;
+    let tracing;
     let running = match cli.command {
         Command::Health { url } => return health(&url).await,
         Command::Submit(_) | Command::Jobs(_) | Command::Completions { .. } | Command::Man => {
@@ -65,16 +64,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::AllInOne(args) => {
+            tracing = meshroom_svc::trace::init("all-in-one")?;
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
             let gpus = gpus(&args.gpu).await;
             meshroom_svc::roles::start_all_in_one(config, gpus).await
         }
         Command::Serve(args) => {
+            tracing = meshroom_svc::trace::init("serve")?;
             apply(&mut config, args.listen, args.data_dir);
             meshroom_svc::roles::start_serve(Config::checked(config)?).await
         }
         Command::Work(args) => {
+            tracing = meshroom_svc::trace::init("work")?;
             let ops = args.listen.is_some();
             apply(&mut config, args.listen, args.data_dir);
             let config = Config::checked(config)?;
@@ -82,7 +84,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             meshroom_svc::roles::start_work(config, gpus, ops).await
         }
     };
-    running.context("cannot start")?.run_until_stopped().await?;
+    let stopped = running.context("cannot start")?.run_until_stopped().await;
+    // The spans of the last moments go out before the process ends.
+    tokio::task::spawn_blocking(move || tracing.shutdown()).await?;
+    stopped?;
     Ok(())
 }
 

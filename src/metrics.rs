@@ -21,6 +21,9 @@ pub struct Metrics {
     pub finished: IntCounterVec,
     /// Time spent in each stage, seconds.
     pub stage_seconds: HistogramVec,
+    /// How long each engine node took, seconds, by node type and preset (for ETA and capacity
+    /// planning).
+    pub node_seconds: HistogramVec,
     /// Time from one engine run's end to the next one's start on the same worker slot, seconds.
     pub engine_gap_seconds: Histogram,
     /// Webhook attempts made here, by outcome.
@@ -66,8 +69,18 @@ impl Default for Metrics {
             1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
         ];
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("stage_duration_seconds", "Time spent in each job stage").buckets(buckets),
+            HistogramOpts::new("stage_duration_seconds", "Time spent in each job stage").buckets(buckets.clone()),
             &["stage"],
+        )
+        .unwrap();
+        let node_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "engine_node_duration_seconds",
+                "Time each engine node took, by node type and preset",
+            )
+            // Nodes also take fractions of a second (a small COLMAP job's steps).
+            .buckets([vec![0.1, 0.5], buckets].concat()),
+            &["node_type", "preset"],
         )
         .unwrap();
         // What a slot does between two runs (record, upload, ack, claim, download) with jobs
@@ -101,6 +114,7 @@ impl Default for Metrics {
             Box::new(running.clone()),
             Box::new(finished.clone()),
             Box::new(stage_seconds.clone()),
+            Box::new(node_seconds.clone()),
             Box::new(engine_gap_seconds.clone()),
             Box::new(webhook_attempts.clone()),
             Box::new(queue_depth.clone()),
@@ -118,6 +132,7 @@ impl Default for Metrics {
             running,
             finished,
             stage_seconds,
+            node_seconds,
             engine_gap_seconds,
             webhook_attempts,
             queue_depth,

@@ -29,7 +29,7 @@ pub async fn release(store: &Store, queue: &Queue, pipelines: &Pipelines, tenant
     let mut published = Vec::new();
     for job in &jobs {
         let gpu = pipelines.get(&job.pipeline).is_some_and(|p| p.gpu);
-        if let Err(e) = queue.push(job.id, gpu, job.priority).await {
+        if let Err(e) = queue.push(job.id, gpu, job.priority, job.traceparent.as_deref()).await {
             log::warn!("job {}: released, to be queued by the outbox ({e})", job.id);
             break;
         }

@@ -7,6 +7,7 @@ use crate::jobs::{Db, Job, Store, StoreError};
 use crate::pipelines::{PipelineError, Pipelines};
 use crate::queue::{amqp, Amqp, Queue, QueueError};
 use crate::storage::{Storage, StorageError};
+use crate::trace::{self, SpanKind};
 use crate::webhook::Webhooks;
 use secrecy::ExposeSecret;
 use std::path::PathBuf;
@@ -265,7 +266,14 @@ impl App {
     /// Queues a job, to the GPU or CPU queue as its pipeline needs.
     pub async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
         let gpu = self.pipelines.get(&job.pipeline).is_some_and(|p| p.gpu);
-        self.queue.push(job.id, gpu, job.priority).await
+        // The message carries the publish's span, under the job's trace; the worker's spans go
+        // under it.
+        let parent = trace::parent(job.traceparent.as_deref());
+        let cx = trace::start("publish", SpanKind::Producer, &parent, trace::job(job));
+        let traceparent = trace::traceparent(&cx).or_else(|| job.traceparent.clone());
+        let pushed = self.queue.push(job.id, gpu, job.priority, traceparent.as_deref()).await;
+        trace::end(&cx, pushed.as_ref().err().map(|e| e.to_string()).as_deref(), None);
+        pushed
     }
 
     /// Queues a stored job and records that its message is out. When the queue refuses, the job

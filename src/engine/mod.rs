@@ -159,6 +159,20 @@ pub async fn reconstruct(
     }
 }
 
+/// The nodes of a run that ended, with their real start and end, for engines that record them
+/// (Meshroom's status files, from `since` on); `None` for COLMAP, whose steps are timed as they
+/// report.
+pub fn node_runs(
+    engine: Engine,
+    run: &Run<'_>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Option<Vec<meshroom::nodes::NodeRun>> {
+    match engine {
+        Engine::Meshroom => Some(meshroom::nodes::node_runs(&run.dir.join("MeshroomCache"), since)),
+        Engine::Colmap => None,
+    }
+}
+
 /// Finds an engine's program: the configured path, then its environment variable, then `PATH`.
 pub fn find_binary(engine: Engine, config: &EngineConfig) -> Result<PathBuf, EngineError> {
     let (configured, var, name, key) = match engine {

@@ -11,6 +11,7 @@ use crate::config::TenantLimits;
 use crate::error::Code;
 use crate::jobs::{Inserted, Job, JobView, Quota, Upload};
 use crate::tenants::{Principal, Role};
+use crate::trace::{self, SpanKind};
 use actix_multipart::Multipart;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,11 @@ pub(super) async fn submit(
     }
     let mut job = Job::new(String::new(), 0);
     job.tenant = who.tenant.clone();
+    // The job's trace starts here, under the caller's own when it sent one; the span ends when
+    // this request does, however it ends.
+    let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    let accept = trace::start("accept", SpanKind::Server, &trace::parent(incoming), Vec::new());
+    job.traceparent = trace::traceparent(&accept);
     // Removed however this request ends, a client reset included (see `staging`).
     let staging = Staging::new(app.tmp_dir().join(job.id.to_string()));
     let (request, uploads) = read_body(&app, &req, payload, staging.dir()).await?;
@@ -54,11 +60,16 @@ pub(super) async fn submit(
     let limits = app.config.limits_of(&job.tenant);
     check_images(&limits, &job)?;
     job.idempotency_key = idempotency_key;
+    trace::annotate(&accept, trace::job(&job));
+    let storing = trace::start("store inputs", SpanKind::Internal, &accept, Vec::new());
     store_inputs(&app, &job, &staged).await?;
+    trace::end(&storing, None, None);
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
+    let inserting = trace::start("insert", SpanKind::Internal, &accept, Vec::new());
     let inserted = insert(&app, job, &limits).await?;
+    trace::end(&inserting, None, None);
     let stored = inserted.job;
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.

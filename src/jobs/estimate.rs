@@ -57,6 +57,11 @@ impl Timer {
         ended
     }
 
+    /// The node running now, and since when.
+    pub fn current(&self) -> Option<(&str, DateTime<Utc>)> {
+        self.current.as_ref().map(|(name, since)| (name.as_str(), *since))
+    }
+
     /// Every node's timing once the run has ended well (the last node ends now).
     pub fn finish(mut self, now: DateTime<Utc>) -> Vec<NodeTiming> {
         if let Some((name, since)) = self.current.take() {

@@ -270,6 +270,10 @@ pub struct Job {
     /// How long each engine node took in the last attempt, in order (for time-left estimates).
     #[serde(default)]
     pub node_timings: Vec<estimate::NodeTiming>,
+    /// W3C `traceparent` of the submit's span (when tracing is on): a redelivered or retried job
+    /// continues its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Job {
@@ -308,6 +312,7 @@ impl Job {
             gpu: false,
             engine_ms: 0,
             node_timings: Vec::new(),
+            traceparent: None,
         }
     }
 

@@ -110,8 +110,15 @@ mod tests {
         job.idempotency_key = Some("k".into());
         job.worker = Some("host:1".into());
         job.heartbeat_at = Some(Utc::now());
+        job.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         let v = serde_json::to_value(JobView::from(job)).unwrap();
-        for internal in ["idempotency_key", "worker", "heartbeat_at", "lost_attempts"] {
+        for internal in [
+            "idempotency_key",
+            "worker",
+            "heartbeat_at",
+            "lost_attempts",
+            "traceparent",
+        ] {
             assert!(v.get(internal).is_none(), "{internal} in {v}");
         }
         assert_eq!(v["status"], "enqueued");

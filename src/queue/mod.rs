@@ -57,6 +57,8 @@ pub struct WebhookTurn {
 pub struct Taken {
     /// The job.
     pub id: Uuid,
+    /// The trace context its message carried (RabbitMQ).
+    pub traceparent: Option<String>,
     delivery: Option<amqp::BrokerMessage>,
     /// In-process queue: the FIFO it came from (0: high priority).
     lane: usize,
@@ -79,15 +81,22 @@ impl Queue {
         Queue::Local(Box::default())
     }
 
-    /// Adds a job; with RabbitMQ, returns once the broker confirmed it.
-    pub async fn push(&self, id: Uuid, gpu: bool, priority: Priority) -> Result<(), QueueError> {
+    /// Adds a job; with RabbitMQ, returns once the broker confirmed it. The message carries
+    /// `traceparent` (RabbitMQ; in process, the worker reads the job's own).
+    pub async fn push(
+        &self,
+        id: Uuid,
+        gpu: bool,
+        priority: Priority,
+        traceparent: Option<&str>,
+    ) -> Result<(), QueueError> {
         match self {
             Queue::Local(q) => {
                 q.ids.lock().expect("queue lock")[(priority == Priority::Normal) as usize].push_back(id);
                 q.ready.notify_one();
                 Ok(())
             }
-            Queue::Rabbitmq(q) => q.publish_job(id, gpu, priority).await,
+            Queue::Rabbitmq(q) => q.publish_job(id, gpu, priority, traceparent).await,
         }
     }
 
@@ -107,6 +116,7 @@ impl Queue {
                 if let Some((lane, id)) = next {
                     return Some(Taken {
                         id,
+                        traceparent: None,
                         delivery: None,
                         lane,
                     });
@@ -120,6 +130,7 @@ impl Queue {
                 let delivery = q.next_job(stop).await?;
                 Some(Taken {
                     id: delivery.id,
+                    traceparent: delivery.traceparent.clone(),
                     delivery: Some(delivery),
                     lane: 0,
                 })
@@ -230,9 +241,9 @@ mod tests {
         let q = Arc::new(Queue::local());
         let stop = CancellationToken::new();
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        q.push(a, false, Priority::Normal).await.unwrap();
-        q.push(b, false, Priority::Normal).await.unwrap();
-        q.push(c, false, Priority::High).await.unwrap();
+        q.push(a, false, Priority::Normal, None).await.unwrap();
+        q.push(b, false, Priority::Normal, None).await.unwrap();
+        q.push(c, false, Priority::High, None).await.unwrap();
         assert_eq!(q.depth().await, Some(3));
         let order: Vec<Uuid> = [q.take(&stop).await, q.take(&stop).await, q.take(&stop).await]
             .into_iter()
@@ -240,8 +251,8 @@ mod tests {
             .collect();
         assert_eq!(order, vec![c, a, b]);
         // A job given back is taken first again, in its own lane.
-        q.push(a, false, Priority::High).await.unwrap();
-        q.push(b, false, Priority::Normal).await.unwrap();
+        q.push(a, false, Priority::High, None).await.unwrap();
+        q.push(b, false, Priority::Normal, None).await.unwrap();
         let taken = q.take(&stop).await.unwrap();
         q.give_back(taken).await;
         assert_eq!(q.take(&stop).await.unwrap().id, a);
@@ -257,7 +268,7 @@ mod tests {
             async move { q.take(&stop).await.map(|t| t.id) }
         });
         tokio::task::yield_now().await;
-        q.push(id, false, Priority::Normal).await.unwrap();
+        q.push(id, false, Priority::Normal, None).await.unwrap();
         assert_eq!(waiter.await.unwrap(), Some(id));
         stop.cancel();
         assert!(q.take(&stop).await.is_none());

@@ -74,10 +74,7 @@ impl LocalStorage {
     /// entries of files stored below survive a power loss.
     pub(super) async fn sync_folders(&self, prefix: &str) -> Result<(), StorageError> {
         let folder = self.path(prefix.trim_end_matches('/'))?;
-        let dirs: Vec<&Path> = folder
-            .ancestors()
-            .take_while(|d| d.starts_with(&self.root))
-            .collect();
+        let dirs: Vec<&Path> = folder.ancestors().take_while(|d| d.starts_with(&self.root)).collect();
         // At once: the file system commits them together.
         futures_util::future::try_join_all(dirs.iter().map(|d| sync_file(d)))
             .await

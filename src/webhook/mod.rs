@@ -134,7 +134,25 @@ impl Webhooks {
             save(store, id, &d, None, DeliveryState::Gone, Duration::ZERO).await?;
             return Ok(None);
         }
+        // Each attempt is a span of the job's trace, with the receiver's answer.
+        let parent = crate::trace::parent(job.traceparent.as_deref());
+        let attrs = match crate::trace::enabled() {
+            true => vec![
+                crate::trace::KeyValue::new("meshroom.job.id", id.to_string()),
+                crate::trace::KeyValue::new("meshroom.webhook.attempt", d.attempts.len() as i64 + 1),
+            ],
+            false => Vec::new(),
+        };
+        let span = crate::trace::start("webhook attempt", crate::trace::SpanKind::Client, &parent, attrs);
         let (attempt, retry_after) = self.send(&url, &d, &job).await;
+        if let Some(s) = attempt.status {
+            crate::trace::annotate(
+                &span,
+                vec![crate::trace::KeyValue::new("http.response.status_code", s as i64)],
+            );
+        }
+        let failed = !attempt.status.is_some_and(|s| (200..300).contains(&s));
+        crate::trace::end(&span, failed.then_some("not delivered"), None);
         if attempt.status == Some(410) {
             store.mark_endpoint_gone(&url).await?;
         }

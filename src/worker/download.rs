@@ -9,6 +9,7 @@ use crate::error::Code;
 use crate::images;
 use crate::jobs::{ErrorInfo, Job};
 use crate::storage::Storage;
+use crate::trace;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
@@ -54,7 +55,7 @@ impl Failed {
 
 impl Fetcher {
     /// Fetches every image of the job into `dir`, `worker.download_concurrency` at a time.
-    pub async fn fetch_all(&self, job: &Job, dir: &Path) -> Result<(), ErrorInfo> {
+    pub async fn fetch_all(&self, job: &Job, dir: &Path, cx: &trace::Context) -> Result<(), ErrorInfo> {
         let total = AtomicU64::new(job.uploads.iter().map(|u| u.size).sum());
         let total = &total;
         let offset = job.uploads.len();
@@ -65,6 +66,7 @@ impl Fetcher {
                 async move {
                     let key = job.file_key(&format!("inputs/{}", upload.name));
                     let dest = dir.join(&upload.name);
+                    let _span = image_span(cx, &upload.name); // ends with this fetch
                     (|| self.files.fetch_to_file(&key, &dest))
                         .retry(backoff(&self.worker))
                         .notify(|e, wait| {
@@ -84,6 +86,7 @@ impl Fetcher {
         for (i, url) in job.image_urls.iter().enumerate() {
             fetches.push(
                 async move {
+                    let _span = image_span(cx, url); // ends with this fetch
                     (|| self.fetch_url(url, offset + i, dir, total))
                         .retry(backoff(&self.worker))
                         .when(|f: &Failed| f.transient)
@@ -183,6 +186,19 @@ fn display_url(url: &str) -> String {
         Ok(u) => format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or(""), u.path()),
         Err(_) => "(invalid URL)".into(),
     }
+}
+
+/// The span of one image taken in, under the staging span; it ends when dropped.
+fn image_span(cx: &trace::Context, source: &str) -> trace::Context {
+    let attrs = match trace::enabled() {
+        // The path only: a signed URL's query is a credential.
+        true => vec![trace::KeyValue::new(
+            "meshroom.image",
+            source.split('?').next().unwrap_or("").to_string(),
+        )],
+        false => Vec::new(),
+    };
+    trace::start("image", trace::SpanKind::Internal, cx, attrs)
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 use crate::jobs::lifecycle::{self, Claim, Claimant, Outcome};
 use crate::jobs::{ErrorInfo, Job, Store};
 use crate::queue::Settle;
+use crate::trace;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 mod context;
 pub mod download;
 mod log_ship;
+mod nodes;
 mod run;
 
 pub use context::{CancelHandles, Context, Settings};
@@ -74,7 +76,7 @@ pub async fn start(ctx: &Arc<Context>) -> Vec<JoinHandle<()>> {
                         ctx.queue.give_back(taken).await;
                         continue;
                     }
-                    let how = process(&ctx, taken.id, &mut slot).await;
+                    let how = process(&ctx, taken.id, taken.traceparent.as_deref(), &mut slot).await;
                     ctx.queue.settle(taken, how).await;
                 }
             })
@@ -143,15 +145,33 @@ pub fn cancel(running: &CancelHandles, id: Uuid) -> bool {
 /// lease is `queue.lease_secs` old.
 const HEARTBEAT: Duration = Duration::from_secs(3);
 
-/// Runs one delivered job to its end and says what to do with the message.
-async fn process(ctx: &Arc<Context>, id: Uuid, slot: &mut Slot) -> Settle {
+/// Runs one delivered job to its end and says what to do with the message. Its spans go under
+/// the context its message carried, else under the job's own (in-process queue).
+async fn process(ctx: &Arc<Context>, id: Uuid, traceparent: Option<&str>, slot: &mut Slot) -> Settle {
+    let delivered = SystemTime::now();
     let job = match claim(ctx, id).await {
         Ok(job) => job,
         Err(settle) => return settle,
     };
+    let parent = trace::parent(traceparent.or(job.traceparent.as_deref()));
+    let mut attrs = trace::job(&job);
+    if trace::enabled() {
+        attrs.push(trace::KeyValue::new("meshroom.attempt", job.attempts as i64));
+        attrs.push(trace::KeyValue::new("meshroom.gpu", slot.gpu.map_or(-1, i64::from)));
+    }
+    let cx = trace::start_at("attempt", trace::SpanKind::Consumer, &parent, attrs, Some(delivered));
+    trace::record("claim", &cx, Vec::new(), delivered, SystemTime::now());
+    crate::logging::job_started(id, job.traceparent.as_deref());
     log::info!("job {id}: started (attempt {}, gpu {:?})", job.attempts, slot.gpu);
-    let outcome = run_attempt(ctx, &job, slot).await;
-    finish(ctx, id, outcome).await
+    let outcome = run_attempt(ctx, &job, slot, &cx).await;
+    let failed = match &outcome {
+        Outcome::Failed(e, _) => Some(e.code.to_string()),
+        _ => None,
+    };
+    let settle = finish(ctx, id, outcome).await;
+    trace::end(&cx, failed.as_deref(), None);
+    crate::logging::job_ended(id);
+    settle
 }
 
 /// Takes the job for this worker, or says what to do with its message instead.
@@ -205,11 +225,11 @@ async fn claim(ctx: &Arc<Context>, id: Uuid) -> Result<Box<Job>, Settle> {
 }
 
 /// Runs one attempt of a claimed job, cancelable, with its lease kept fresh meanwhile.
-async fn run_attempt(ctx: &Arc<Context>, job: &Job, slot: &mut Slot) -> Outcome {
+async fn run_attempt(ctx: &Arc<Context>, job: &Job, slot: &mut Slot, cx: &trace::Context) -> Outcome {
     let token = ctx.shutdown.child_token();
     ctx.running.lock().expect("lock").insert(job.id, token.clone());
     let watcher = tokio::spawn(watch_cancel(ctx.jobs.clone(), job.id, token.clone()));
-    let outcome = match execute(ctx, job, slot, &token).await {
+    let outcome = match execute(ctx, job, slot, &token, cx).await {
         Ok((results, summary)) => Outcome::Succeeded(results, summary),
         Err(Failure::Canceled) => Outcome::Canceled,
         Err(Failure::Interrupted) => Outcome::Interrupted,

@@ -1,11 +1,13 @@
 //! One attempt of a claimed job: images in, engine run with progress, results out.
 
+use super::nodes::NodeSpans;
 use super::{download, Context, Failure, Slot};
 use crate::engine::{self, EngineError};
 use crate::error::Code;
 use crate::jobs::estimate::Timer;
 use crate::jobs::{ErrorInfo, Job, Progress, ResultFile, Stage, Store, Summary};
 use crate::pipelines::{Engine, Preset};
+use crate::trace::{self, SpanKind};
 use backon::Retryable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub(super) async fn execute(
     job: &Job,
     slot: &mut Slot,
     token: &CancellationToken,
+    cx: &trace::Context,
 ) -> Result<(Vec<ResultFile>, Option<Summary>), Failure> {
     let dir = ctx.work_dir(job.id);
     let stopped = || match ctx.shutdown.is_cancelled() {
@@ -35,10 +38,12 @@ pub(super) async fn execute(
         since: Instant::now(),
     };
     tokio::fs::create_dir_all(&images).await.map_err(io)?;
+    let staging = trace::start("stage images", SpanKind::Internal, cx, Vec::new());
     tokio::select! {
-        r = ctx.fetcher.fetch_all(job, &images) => r?,
+        r = ctx.fetcher.fetch_all(job, &images, &staging) => r?,
         _ = token.cancelled() => return Err(stopped()),
     }
+    trace::end(&staging, None, None);
     let (preset, overrides, binary) = what_to_run(ctx, job)?;
     clock.enter(Stage::Reconstructing).await;
     let run = engine::Run {
@@ -53,16 +58,31 @@ pub(super) async fn execute(
         grace: Duration::from_secs(ctx.settings.engine.kill_grace_secs),
         config: &ctx.settings.engine,
     };
-    let (result, tail) = run_engine(ctx, slot, token, preset.engine, &run, job.file_key("engine.log")).await;
+    let engine_cx = trace::start("engine", SpanKind::Internal, cx, Vec::new());
+    let nodes = NodeSpans {
+        cx: engine_cx.clone(),
+        preset: job.pipeline.clone(),
+        metrics: ctx.metrics.clone(),
+        // Meshroom's status files give each node's real times once the run ends.
+        as_reported: preset.engine == Engine::Colmap,
+    };
+    let (result, tail) = run_engine(ctx, slot, token, preset.engine, &run, job.file_key("engine.log"), nodes).await;
+    trace::end(
+        &engine_cx,
+        result.as_ref().err().map(|e| e.to_string()).as_deref(),
+        None,
+    );
     let summary = match result {
         Err(EngineError::Canceled) => return Err(stopped()),
         Err(e) => return Err(Failure::Error(e.to_error_info(), tail)),
         Ok(summary) => summary,
     };
     clock.enter(Stage::Uploading).await;
+    let storing = trace::start("store results", SpanKind::Internal, cx, Vec::new());
     let results = store_results(ctx, job, &run.output_dir())
         .await
         .map_err(Failure::from)?;
+    trace::end(&storing, None, None);
     Ok((results, summary))
 }
 
@@ -90,8 +110,9 @@ async fn run_engine(
     which: Engine,
     run: &engine::Run<'_>,
     log_key: String,
+    nodes: NodeSpans,
 ) -> (Result<Option<Summary>, EngineError>, Option<String>) {
-    let (progress, writer) = progress_writer(ctx.jobs.clone(), run.job);
+    let (progress, writer) = progress_writer(ctx.jobs.clone(), run.job, nodes.clone());
     let (shipped, shipper) = super::log_ship::start(ctx.jobs.clone(), run.job, run.log_path());
     if let Some(ended) = slot.engine_ended.take() {
         ctx.metrics.engine_gap_seconds.observe(ended.elapsed().as_secs_f64());
@@ -104,12 +125,31 @@ async fn run_engine(
     slot.engine_ended = Some(Instant::now());
     drop(progress);
     let timer = writer.await.unwrap_or_default();
+    // The node running when the engine stopped ends now.
+    let last = timer.current().map(|(name, since)| (name.to_string(), since));
     shipped.cancel();
     let _ = shipper.await;
     // Every attempt's engine time counts, for usage and GPU-second quotas; a run that ended well
     // leaves its node timings for later estimates.
     let ms = started.elapsed().as_millis() as u64;
-    let timings = result.is_ok().then(|| timer.finish(chrono::Utc::now()));
+    let now = chrono::Utc::now();
+    let error = result.as_ref().err().map(|e| e.to_string());
+    if let Some((name, since)) = last {
+        nodes.reported(&name, since, now, error.as_deref());
+    }
+    let began = now - chrono::Duration::milliseconds(started.elapsed().as_millis() as i64);
+    for n in engine::node_runs(which, run, began).unwrap_or_default() {
+        // Whole-second stamps: the first node seems to start before the run did.
+        let start = n.start.max(began);
+        nodes.ended(
+            &n.name,
+            &n.node_type,
+            start,
+            n.end.max(start),
+            (!n.ok).then_some("failed"),
+        );
+    }
+    let timings = result.is_ok().then(|| timer.finish(now));
     let recorded = ctx
         .jobs
         .update(run.job, |j| {
@@ -133,7 +173,11 @@ async fn run_engine(
 /// A channel whose progress reports are written to the job record by a task of their own, so a
 /// chatty engine never waits on storage: reports that arrive during a write are coalesced. The
 /// task also times the nodes (for estimates); it returns its timer when the channel closes.
-fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<Timer>) {
+fn progress_writer(
+    store: Arc<Store>,
+    id: Uuid,
+    nodes: NodeSpans,
+) -> (tokio::sync::watch::Sender<Progress>, JoinHandle<Timer>) {
     let (tx, mut rx) = tokio::sync::watch::channel(Progress::default());
     let writer = tokio::spawn(async move {
         let mut timer = Timer::default();
@@ -141,7 +185,12 @@ fn progress_writer(store: Arc<Store>, id: Uuid) -> (tokio::sync::watch::Sender<P
         let mut first = true;
         while rx.changed().await.is_ok() {
             let mut p = rx.borrow_and_update().clone();
-            let ended = timer.observe(&mut p, chrono::Utc::now());
+            let now = chrono::Utc::now();
+            let before = timer.current().map(|(name, since)| (name.to_string(), since));
+            let ended = timer.observe(&mut p, now);
+            if let (Some(_), Some((name, since))) = (&ended, before) {
+                nodes.reported(&name, since, now, None);
+            }
             let reset = std::mem::take(&mut first);
             let written = store
                 .update(id, |j| {

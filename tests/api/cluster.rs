@@ -159,7 +159,7 @@ pub async fn publish_again(c: &Cluster, id: &str) {
     let amqp = meshroom_svc::queue::Amqp::start(services.amqp_url, topology, Consume::default(), stop.clone());
     for _ in 0..20 {
         if amqp
-            .publish_job(id.parse().unwrap(), false, meshroom_svc::jobs::Priority::Normal)
+            .publish_job(id.parse().unwrap(), false, meshroom_svc::jobs::Priority::Normal, None)
             .await
             .is_ok()
         {

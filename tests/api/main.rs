@@ -27,5 +27,6 @@ mod s3;
 mod ssrf;
 mod tenants;
 mod tokens;
+mod traces;
 mod validation;
 mod webhooks;

@@ -7,6 +7,7 @@ use crate::process::{self, Supervised};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
+pub mod nodes;
 pub mod progress;
 
 /// The command line, as the contract gives it.

@@ -85,13 +85,30 @@ pub fn honours_queue_consumer_timeout(version: &str) -> bool {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (3, 12)
 }
 
-pub(super) fn persistent(priority: u8) -> BasicProperties {
+pub(super) fn persistent(priority: u8, traceparent: Option<&str>) -> BasicProperties {
     let mut props = BasicProperties::default();
     props.with_persistence(true).with_content_type("application/json");
     if priority > 0 {
         props.with_priority(priority);
     }
+    if let Some(tp) = traceparent {
+        let mut headers = FieldTable::new();
+        headers.insert(TRACEPARENT.try_into().expect("short name"), FieldValue::from(tp));
+        props.with_headers(headers);
+    }
     props.finish()
+}
+
+/// The message header carrying the W3C trace context of the publish.
+pub(super) const TRACEPARENT: &str = "traceparent";
+
+/// The `traceparent` header of a delivered message.
+pub(super) fn traceparent_of(props: Option<&BasicProperties>) -> Option<String> {
+    let value = props?.headers()?.get(&TRACEPARENT.try_into().ok()?)?;
+    match value {
+        FieldValue::S(s) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 pub(super) fn publish_args(queue: &str) -> BasicPublishArguments {

@@ -1,7 +1,7 @@
 //! One live connection: a confirm-mode channel to publish on, channels to consume from, and
 //! callbacks that mark the link closed so the supervisor reconnects.
 
-use super::broker::{confirm_args, consume_args, declare, persistent, publish_args, qos};
+use super::broker::{confirm_args, consume_args, declare, persistent, publish_args, qos, traceparent_of};
 use super::{BrokerMessage, Consume, Topology};
 use crate::queue::QueueError;
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
@@ -126,15 +126,22 @@ impl Link {
         })
     }
 
-    /// Publishes a persistent message `{"id": …}` and waits for its confirm.
-    pub async fn publish(&self, queue: &str, id: Uuid, priority: u8) -> std::result::Result<(), QueueError> {
+    /// Publishes a persistent message `{"id": …}` (with the `traceparent` header when given) and
+    /// waits for its confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        id: Uuid,
+        priority: u8,
+        traceparent: Option<&str>,
+    ) -> std::result::Result<(), QueueError> {
         let body = serde_json::to_vec(&serde_json::json!({ "id": id })).expect("static shape");
         let confirmed = {
             let _turn = self.publishing.lock().await;
             let confirmed = self.confirms.register();
             if let Err(e) = self
                 .publish
-                .basic_publish(persistent(priority), body, publish_args(queue))
+                .basic_publish(persistent(priority, traceparent), body, publish_args(queue))
                 .await
             {
                 log::warn!("job {id}: publish to {queue} failed: {e}");
@@ -208,6 +215,7 @@ async fn forward(
                 if tx
                     .send(BrokerMessage {
                         id,
+                        traceparent: traceparent_of(msg.basic_properties.as_ref()),
                         tag,
                         channel: channel.clone(),
                     })

@@ -62,6 +62,8 @@ impl Topology {
 pub struct BrokerMessage {
     /// The job.
     pub id: Uuid,
+    /// The W3C trace context of its publish, from its headers.
+    pub traceparent: Option<String>,
     tag: u64,
     channel: Channel,
 }
@@ -184,12 +186,21 @@ impl Amqp {
     }
 
     /// Publishes a persistent job message and waits for the broker's confirm.
-    pub async fn publish_job(&self, id: Uuid, gpu: bool, priority: Priority) -> Result<(), QueueError> {
+    pub async fn publish_job(
+        &self,
+        id: Uuid,
+        gpu: bool,
+        priority: Priority,
+        traceparent: Option<&str>,
+    ) -> Result<(), QueueError> {
         let level = match priority {
             Priority::Normal => 1,
             Priority::High => 2,
         };
-        self.current().await?.publish(&self.topology.jobs(gpu), id, level).await
+        self.current()
+            .await?
+            .publish(&self.topology.jobs(gpu), id, level, traceparent)
+            .await
     }
 
     /// Publishes a webhook attempt for after `delay` (rounded up to a delay of the schedule).
@@ -202,7 +213,7 @@ impl Amqp {
                 .topology
                 .wait(*self.topology.webhook_delays.iter().max().unwrap_or(&0)),
         };
-        self.current().await?.publish(&queue, id, 0).await
+        self.current().await?.publish(&queue, id, 0, None).await
     }
 
     /// Waits for the next job delivery; `None` once `stop` is cancelled.
