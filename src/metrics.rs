@@ -32,6 +32,22 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// 1 while this worker takes no job for lack of disk space (`worker.min_free_bytes`).
     pub low_disk: IntGauge,
+    /// Worker slots of this process by route (`gpu`: one per GPU; `cpu`: one, on a node without
+    /// GPUs; none in `serve`): with `jobs_running`, busy and idle slots.
+    pub worker_slots: prometheus::IntGaugeVec,
+    /// Time from a job's submit to its first claim, seconds.
+    pub queue_wait_seconds: Histogram,
+    /// Webhook deliveries with attempts to come, read at each scrape.
+    pub webhooks_pending: IntGauge,
+    /// Age of the oldest pending webhook delivery (since its job ended), seconds; 0 for none.
+    pub webhook_backlog_age_seconds: IntGauge,
+    /// Free bytes in the data folder, read at each scrape.
+    pub data_free_bytes: IntGauge,
+    /// GPU utilisation, 0 to 1, by GPU index (only where `nvidia-smi` answers).
+    pub gpu_utilization: prometheus::GaugeVec,
+    /// GPU memory in use and in all, bytes, by GPU index.
+    pub gpu_memory_used_bytes: prometheus::IntGaugeVec,
+    pub gpu_memory_total_bytes: prometheus::IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -107,8 +123,49 @@ impl Default for Metrics {
             "1 while this worker takes no job: its data folder has less free space than worker.min_free_bytes",
         )
         .unwrap();
+        let worker_slots = prometheus::IntGaugeVec::new(
+            Opts::new("worker_slots", "Worker slots of this process, by route (gpu, cpu)"),
+            &["route"],
+        )
+        .unwrap();
+        let queue_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new("queue_wait_seconds", "Time from a job's submit to its first claim").buckets(vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0,
+            ]),
+        )
+        .unwrap();
+        let webhooks_pending = IntGauge::new("webhooks_pending", "Webhook deliveries with attempts to come").unwrap();
+        let webhook_backlog_age_seconds = IntGauge::new(
+            "webhook_backlog_age_seconds",
+            "Age of the oldest pending webhook delivery, since its job ended (0: none)",
+        )
+        .unwrap();
+        let data_free_bytes = IntGauge::new("data_free_bytes", "Free bytes in the data folder").unwrap();
+        let gpu_utilization = prometheus::GaugeVec::new(
+            Opts::new("gpu_utilization_ratio", "GPU utilisation, 0 to 1 (nvidia-smi)"),
+            &["gpu"],
+        )
+        .unwrap();
+        let gpu_memory_used_bytes = prometheus::IntGaugeVec::new(
+            Opts::new("gpu_memory_used_bytes", "GPU memory in use (nvidia-smi)"),
+            &["gpu"],
+        )
+        .unwrap();
+        let gpu_memory_total_bytes = prometheus::IntGaugeVec::new(
+            Opts::new("gpu_memory_total_bytes", "GPU memory in all (nvidia-smi)"),
+            &["gpu"],
+        )
+        .unwrap();
         for c in [
-            Box::new(submitted.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(worker_slots.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_wait_seconds.clone()),
+            Box::new(webhooks_pending.clone()),
+            Box::new(webhook_backlog_age_seconds.clone()),
+            Box::new(data_free_bytes.clone()),
+            Box::new(gpu_utilization.clone()),
+            Box::new(gpu_memory_used_bytes.clone()),
+            Box::new(gpu_memory_total_bytes.clone()),
+            Box::new(submitted.clone()),
             Box::new(rate_limited.clone()),
             Box::new(quota_exceeded.clone()),
             Box::new(running.clone()),
@@ -137,6 +194,14 @@ impl Default for Metrics {
             webhook_attempts,
             queue_depth,
             low_disk,
+            worker_slots,
+            queue_wait_seconds,
+            webhooks_pending,
+            webhook_backlog_age_seconds,
+            data_free_bytes,
+            gpu_utilization,
+            gpu_memory_used_bytes,
+            gpu_memory_total_bytes,
         }
     }
 }

@@ -208,6 +208,55 @@ pub async fn list_gpus() -> Vec<u32> {
     }
 }
 
+/// One GPU's utilisation (0 to 1) and memory in use and in all (bytes), as `nvidia-smi` reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuReading {
+    /// Its index.
+    pub index: u32,
+    /// Busy fraction over the last sample period.
+    pub utilization: f64,
+    /// Memory in use, bytes.
+    pub memory_used: i64,
+    /// Memory in all, bytes.
+    pub memory_total: i64,
+}
+
+/// The readings of every GPU `nvidia-smi` knows; empty when it is missing, fails or takes over
+/// 2 s (a machine without GPUs gives no error).
+pub async fn read_gpus() -> Vec<GpuReading> {
+    let run = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(2), run).await {
+        Ok(Ok(o)) if o.status.success() => parse_gpu_readings(&String::from_utf8_lossy(&o.stdout)),
+        _ => Vec::new(),
+    }
+}
+
+/// `0, 87, 10240, 24576` lines (index, %, MiB, MiB); lines that do not parse (`[N/A]`) are skipped.
+fn parse_gpu_readings(text: &str) -> Vec<GpuReading> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let [index, util, used, total] = f.as_slice() else {
+                return None;
+            };
+            Some(GpuReading {
+                index: index.parse().ok()?,
+                utilization: util.parse::<f64>().ok()? / 100.0,
+                memory_used: used.parse::<i64>().ok()? << 20,
+                memory_total: total.parse::<i64>().ok()? << 20,
+            })
+        })
+        .collect()
+}
+
 /// Whether `python` can find the `module` (without importing it: Open3D takes seconds to load).
 /// False when the program is missing, fails or takes over 10 s.
 pub async fn python_has_module(python: &str, module: &str) -> bool {
@@ -317,6 +366,20 @@ async fn kill_all(what: &str, find: impl Fn() -> Vec<i32>, grace: Duration) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_readings_parse_and_skip_what_is_not_a_number() {
+        let text = "0, 87, 10240, 24576\n1, [N/A], 0, 24576\ngarbage\n";
+        assert_eq!(
+            parse_gpu_readings(text),
+            vec![GpuReading {
+                index: 0,
+                utilization: 0.87,
+                memory_used: 10240 << 20,
+                memory_total: 24576 << 20
+            }]
+        );
+    }
 
     #[tokio::test]
     async fn kills_children_in_their_own_sessions_even_if_they_ignore_term() {

@@ -8,7 +8,7 @@ use crate::{raw, wrk, Scale};
 use serde_json::{json, Value};
 
 /// A job request with `n` image URLs, as a client would send it.
-fn request(c: &Cluster, n: usize) -> Value {
+pub fn request(c: &Cluster, n: usize) -> Value {
     let urls: Vec<String> = (0..n)
         .map(|i| format!("{}/files/photo-{i:04}.jpg", c.edge.base))
         .collect();

@@ -25,6 +25,7 @@ mod files;
 mod raw;
 mod report;
 mod runs;
+mod tracing;
 mod wrk;
 
 /// Sizes of one run.
@@ -103,6 +104,9 @@ async fn main() {
     }
     if wanted("gap") {
         runs::gap(&scale, &mut rows).await;
+    }
+    if wanted("tracing") {
+        tracing::tracing(&scale, &mut rows).await;
     }
     if wanted("scaling") {
         runs::scaling(&scale, &mut rows).await;

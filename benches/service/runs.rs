@@ -12,7 +12,7 @@ use meshroom_svc::jobs::{JobView, Status};
 use serde_json::json;
 
 /// Submits `n` jobs of one small image each; returns their ids.
-async fn submit(api: &Api, edge: &Edge, n: usize) -> Vec<String> {
+pub async fn submit(api: &Api, edge: &Edge, n: usize) -> Vec<String> {
     let url = edge.add("photo.png", tiny_png());
     let body = json!({"image_urls": [url], "pipeline": "draft"});
     futures_util::stream::iter(0..n)
@@ -23,7 +23,7 @@ async fn submit(api: &Api, edge: &Edge, n: usize) -> Vec<String> {
 }
 
 /// Waits until every job succeeded; returns the records.
-async fn all_succeed(api: &Api, ids: &[String]) -> Vec<JobView> {
+pub async fn all_succeed(api: &Api, ids: &[String]) -> Vec<JobView> {
     let mut jobs = Vec::new();
     for id in ids {
         let job = api.finished(id, 1800).await;

@@ -86,6 +86,31 @@ pub(super) async fn root(app: web::Data<App>, req: HttpRequest) -> HttpResponse 
     }))
 }
 
+/// Gauges read at each scrape: the webhook backlog (shared by every process: a query on the
+/// partial index of pending deliveries), free space in the data folder, this process's GPUs.
+async fn refresh(app: &App) {
+    let m = &app.metrics;
+    if let Ok((pending, oldest)) = app.jobs.webhook_backlog().await {
+        m.webhooks_pending.set(pending);
+        let age = oldest.map_or(0, |t| (crate::events::now_ms() - t).max(0) / 1000);
+        m.webhook_backlog_age_seconds.set(age);
+    }
+    if let Ok(s) = nix::sys::statvfs::statvfs(&app.config.server.data_dir) {
+        m.data_free_bytes
+            .set((s.blocks_available() as i64).saturating_mul(s.fragment_size() as i64));
+    }
+    if !app.gpus.is_empty() {
+        for gpu in crate::process::read_gpus().await {
+            if app.gpus.contains(&gpu.index) {
+                let label = [gpu.index.to_string()];
+                m.gpu_utilization.with_label_values(&label).set(gpu.utilization);
+                m.gpu_memory_used_bytes.with_label_values(&label).set(gpu.memory_used);
+                m.gpu_memory_total_bytes.with_label_values(&label).set(gpu.memory_total);
+            }
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Prometheus metrics of this process", content_type = "text/plain"),
         (status = 401, description = "server.metrics_public = false and no admin key", body = super::ErrorBody)))]
@@ -98,6 +123,7 @@ pub(super) async fn metrics(app: web::Data<App>, req: HttpRequest) -> Result<Htt
         app.metrics.queue_depth.set(depth as i64);
     }
     app.metrics.running.set(app.running.lock().expect("lock").len() as i64);
+    refresh(&app).await;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(app.metrics.render()))

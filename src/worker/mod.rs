@@ -55,6 +55,11 @@ pub async fn start(ctx: &Arc<Context>) -> Vec<JoinHandle<()>> {
     } else {
         ctx.settings.gpus.iter().map(|g| Some(*g)).collect()
     };
+    let route = if ctx.settings.gpus.is_empty() { "cpu" } else { "gpu" };
+    ctx.metrics
+        .worker_slots
+        .with_label_values(&[route])
+        .set(slots.len() as i64);
     slots
         .into_iter()
         .map(|gpu| {
@@ -153,6 +158,10 @@ async fn process(ctx: &Arc<Context>, id: Uuid, traceparent: Option<&str>, slot: 
         Ok(job) => job,
         Err(settle) => return settle,
     };
+    if job.attempts == 1 {
+        let waited = (chrono::Utc::now() - job.created_at).num_milliseconds().max(0);
+        ctx.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
+    }
     let parent = trace::parent(traceparent.or(job.traceparent.as_deref()));
     let mut attrs = trace::job(&job);
     if trace::enabled() {

@@ -50,13 +50,45 @@ fn compose_file_is_valid_and_keeps_its_promises() {
     // Only the API is published; broker and storage stay on the internal network.
     assert_eq!(c["networks"]["internal"]["internal"], true);
     for (name, s) in services {
-        let published = s.get("ports").and_then(|p| p.as_array()).map_or(0, |p| p.len());
-        assert_eq!(published, usize::from(name == "serve"), "{name} ports");
+        let ports: Vec<&Value> = s
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .collect();
         let networks: Vec<&String> = s["networks"].as_object().unwrap().keys().collect();
-        if name != "serve" {
+        let observability = s["profiles"].to_string().contains("observability");
+        if name == "serve" {
+            assert_eq!(ports.len(), 1, "{name} ports");
+        } else if observability {
+            // Grafana's and Jaeger's pages, on the host's loopback only.
+            for p in &ports {
+                let loopback = p.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")) || p["host_ip"] == "127.0.0.1";
+                assert!(loopback, "{name} publishes {p} beyond the host");
+            }
+        } else {
+            assert!(ports.is_empty(), "{name} ports");
             assert_eq!(networks, ["internal"], "{name} is internal only");
         }
     }
+    // The observability profile: Prometheus with the rules, Grafana with the dashboard, a trace
+    // viewer that takes OTLP; off unless asked for.
+    for name in ["prometheus", "grafana", "jaeger"] {
+        assert_eq!(services[name]["profiles"][0], "observability", "{name}");
+    }
+    let mounts = format!(
+        "{} {}",
+        services["prometheus"]["volumes"], services["grafana"]["volumes"]
+    );
+    for file in [
+        "alerts.yml",
+        "prometheus.yml",
+        "deploy/grafana/dashboards",
+        "deploy/grafana/provisioning",
+    ] {
+        assert!(mounts.contains(file), "{file} in {mounts}");
+    }
+    assert_eq!(services["serve"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"], "");
     assert_eq!(services["serve"]["ports"][0]["target"], 8080);
     // serve and work share one job database, which they refuse to start without.
     for name in ["serve", "work"] {

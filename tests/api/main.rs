@@ -7,6 +7,7 @@ mod cluster;
 mod colmap;
 mod console;
 mod console_browser;
+mod dashboards;
 mod database;
 mod deploy;
 mod distributed;

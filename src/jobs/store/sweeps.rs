@@ -21,6 +21,13 @@ impl Store {
         Ok(jobs.into_iter().map(|j| j.id).collect())
     }
 
+    /// The webhook backlog: deliveries with attempts to come, and when the oldest of their jobs
+    /// finished (unix ms).
+    pub async fn webhook_backlog(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let sql = "SELECT COUNT(*), MIN(finished_at) FROM jobs WHERE webhook_pending";
+        Ok(on!(self.db(), pool => sqlx::query_as(sql).fetch_one(pool).await?))
+    }
+
     /// Up to 100 final jobs that finished before `cutoff` and have no webhook attempt to come.
     pub async fn expired(&self, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError> {
         let sql = "SELECT doc FROM jobs WHERE finished_at < $1 AND NOT webhook_pending ORDER BY finished_at LIMIT 100";
