@@ -70,6 +70,20 @@ pub fn job_ended(id: Uuid) {
     TRACES.lock().expect("lock").remove(&id);
 }
 
+/// Runs `log` (which writes lines about job `id`) with the job's trace known, for a process that
+/// does not run the job (the API's accept line, a webhook attempt).
+pub fn with_trace(id: Uuid, traceparent: Option<&str>, log: impl FnOnce()) {
+    let trace = traceparent.and_then(crate::trace::trace_id);
+    let added = trace.is_some_and(|t| {
+        let mut traces = TRACES.lock().expect("lock");
+        !traces.contains_key(&id) && traces.insert(id, t.to_string()).is_none()
+    });
+    log();
+    if added {
+        job_ended(id);
+    }
+}
+
 /// One JSON log line.
 fn json_line(level: log::Level, target: &str, message: &str, at: chrono::DateTime<chrono::Utc>) -> String {
     let mut line = serde_json::json!({
@@ -128,6 +142,15 @@ mod tests {
         let after: serde_json::Value =
             serde_json::from_str(&json_line(log::Level::Warn, "x", &format!("job {id}: done"), at)).unwrap();
         assert!(after.get("trace_id").is_none());
+        // A line of a process that does not run the job names its trace too, for that line only.
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut inside = String::new();
+        with_trace(id, Some(tp), || {
+            inside = json_line(log::Level::Info, "x", &format!("job {id}: enqueued"), at);
+        });
+        let inside: serde_json::Value = serde_json::from_str(&inside).unwrap();
+        assert_eq!(inside["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(trace_of(id), None);
         let access: serde_json::Value = serde_json::from_str(&json_line(
             log::Level::Info,
             ACCESS_LOG,

@@ -92,13 +92,15 @@ pub(super) async fn submit(
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
-    log::info!(
-        "job {}: enqueued ({} URLs, {} uploads, pipeline {}; request {request_id})",
-        stored.id,
-        stored.image_urls.len(),
-        stored.uploads.len(),
-        stored.pipeline
-    );
+    crate::logging::with_trace(stored.id, stored.traceparent.as_deref(), || {
+        log::info!(
+            "job {}: enqueued ({} URLs, {} uploads, pipeline {}; request {request_id})",
+            stored.id,
+            stored.image_urls.len(),
+            stored.uploads.len(),
+            stored.pipeline
+        )
+    });
     Ok(accepted(&stored, false))
 }
 

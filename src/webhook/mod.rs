@@ -158,7 +158,9 @@ impl Webhooks {
         }
         let done = d.attempts.len() + 1;
         let state = self.judge(&attempt, done);
-        self.observe(id, &d, done, &attempt, state);
+        crate::logging::with_trace(id, job.traceparent.as_deref(), || {
+            self.observe(id, &d, done, &attempt, state)
+        });
         let delay = self.schedule.get(done).copied().unwrap_or_default().max(retry_after);
         save(store, id, &d, Some(attempt), state, delay).await?;
         Ok((state == DeliveryState::Pending).then_some(delay))
