@@ -247,6 +247,27 @@ async fn all_in_one_exports_only_when_asked() {
         one(&spans, "webhook attempt").attr("http.response.status_code"),
         Some("200")
     );
+
+    // A retried job continues its trace: the second attempt joins the first one's.
+    let failing = api
+        .submit(json!({"image_urls": [edge.add(&Fake::Fail.image(), photo(1))]}))
+        .await;
+    assert_eq!(api.finished(&failing, 60).await.status, Status::Failed);
+    assert_eq!(api.post(&format!("/api/v1/jobs/{failing}/retry")).await.status(), 202);
+    let spans = receiver
+        .wait(60, |s| {
+            s.iter()
+                .filter(|s| s.name == "attempt" && s.attr("meshroom.job.id") == Some(failing.as_str()))
+                .count()
+                == 2
+        })
+        .await;
+    let attempts: Vec<&Got> = spans
+        .iter()
+        .filter(|s| s.name == "attempt" && s.attr("meshroom.job.id") == Some(failing.as_str()))
+        .collect();
+    assert_eq!(attempts[0].trace, attempts[1].trace);
+    assert_ne!(attempts[0].trace, trace, "one trace per job");
     drop((app, dir));
 
     // Not asked (OTEL_SERVICE_NAME alone asks for nothing): nothing is sent.

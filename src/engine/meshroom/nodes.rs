@@ -35,6 +35,14 @@ pub fn node_runs(cache: &Path, since: DateTime<Utc>) -> Vec<NodeRun> {
     let floor = since - chrono::Duration::seconds(1);
     runs.retain(|n| n.start >= floor);
     runs.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+    // The tool runs one node at a time; file times follow the kernel's coarse clock (a few ms),
+    // so a node can seem to start a moment before the previous one ended.
+    for i in 1..runs.len() {
+        let previous_end = runs[i - 1].end;
+        if runs[i].start < previous_end {
+            runs[i].start = previous_end.min(runs[i].end);
+        }
+    }
     runs
 }
 
