@@ -33,15 +33,6 @@ async fn sink() -> (String, Arc<AtomicU64>) {
     (url, bytes)
 }
 
-/// Starts a process of `c` with tracing on (`true`) or off.
-fn traced(c: &mut Cluster, on: bool, endpoint: &str) -> usize {
-    let before = c.env.len();
-    if on {
-        c.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.into()));
-    }
-    before
-}
-
 /// Mean of a histogram, from its `_sum` and `_count`.
 fn mean(metrics: &str, name: &str) -> f64 {
     let value = |suffix: &str| {
@@ -59,9 +50,10 @@ pub async fn tracing(scale: &Scale, rows: &mut Vec<Row>) {
     let (endpoint, received) = sink().await;
     let mut c = Cluster::new(&[]).await;
     let off = serve_logged(&c, "serve-off").await;
-    let keep = traced(&mut c, true, &endpoint);
+    // Processes take the cluster's environment as they start: the endpoint for this one only.
+    c.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
     let on = serve_logged(&c, "serve-on").await;
-    c.env.truncate(keep);
+    c.env.pop();
     let script = wrk::post_json_script(c.dir.path(), &request(&c, 20).to_string());
     // Off, on, off, on: a drift of the machine falls on both.
     let mut rates = [0.0, 0.0];
@@ -90,9 +82,13 @@ pub async fn tracing(scale: &Scale, rows: &mut Vec<Row>) {
     let mut gaps = Vec::new();
     for on in [false, true] {
         let ids = submit(serve.api(), &c.edge, n).await;
-        let keep = traced(&mut c, on, &endpoint);
+        if on {
+            c.env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+        }
         let worker = c.work(if on { "work-on" } else { "work-off" }, "none").await;
-        c.env.truncate(keep);
+        if on {
+            c.env.pop();
+        }
         all_succeed(serve.api(), &ids).await;
         gaps.push(mean(&metrics(&worker).await, "meshroom_engine_gap_seconds") * 1e3);
     }
