@@ -101,8 +101,9 @@ pub enum Outcome {
     Failed(ErrorInfo, Option<String>),
 }
 
-/// Records the outcome of an attempt and schedules the webhook of a final state.
-pub async fn record(store: &Store, hooks: &Webhooks, id: Uuid, outcome: &Outcome) -> Result<Option<()>, StoreError> {
+/// Records the outcome of an attempt and schedules the webhook of a final state; gives the job
+/// as recorded (`None`: deleted meanwhile).
+pub async fn record(store: &Store, hooks: &Webhooks, id: Uuid, outcome: &Outcome) -> Result<Option<Job>, StoreError> {
     store
         .update(id, |j| {
             match outcome.clone() {
@@ -115,7 +116,7 @@ pub async fn record(store: &Store, hooks: &Webhooks, id: Uuid, outcome: &Outcome
                     j.status = Status::Enqueued;
                     j.stage = None;
                     j.heartbeat_at = None; // free for the next claim at once
-                    return;
+                    return j.clone();
                 }
                 Outcome::Canceled => j.finish(Status::Canceled, None),
                 Outcome::Failed(e, tail) => {
@@ -124,6 +125,7 @@ pub async fn record(store: &Store, hooks: &Webhooks, id: Uuid, outcome: &Outcome
                 }
             }
             hooks.begin(j);
+            j.clone()
         })
         .await
 }

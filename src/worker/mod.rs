@@ -251,22 +251,16 @@ async fn run_attempt(ctx: &Arc<Context>, job: &Job, slot: &mut Slot, cx: &trace:
 
 /// Records an attempt's outcome, tidies its folder and starts the webhook.
 async fn finish(ctx: &Arc<Context>, id: Uuid, outcome: Outcome) -> Settle {
-    if let Err(e) = lifecycle::record(&ctx.jobs, &ctx.webhooks, id, &outcome).await {
-        // Not acked: the broker gives the job again and the next attempt records it.
-        log::error!("job {id}: outcome could not be stored: {e}");
-        return Settle::Requeue;
-    }
-    let failed = matches!(outcome, Outcome::Failed(..));
-    let interrupted = matches!(outcome, Outcome::Interrupted);
-    let keep = (failed && ctx.settings.worker.keep_failed_workdir) || interrupted;
-    // On shutdown the folder stays: the next attempt here resumes from Meshroom's cache.
-    if !keep {
-        let _ = tokio::fs::remove_dir_all(ctx.work_dir(id)).await;
-    }
-    if interrupted {
-        return Settle::Requeue;
-    }
-    if let Some(j) = ctx.jobs.get(id).await.ok().flatten() {
+    let recorded = match lifecycle::record(&ctx.jobs, &ctx.webhooks, id, &outcome).await {
+        Ok(job) => job,
+        Err(e) => {
+            // Not acked: the broker gives the job again and the next attempt records it.
+            log::error!("job {id}: outcome could not be stored: {e}");
+            return Settle::Requeue;
+        }
+    };
+    // Counted as soon as recorded, before the folder is tidied, from the row just written.
+    if let Some(j) = recorded.filter(|j| j.status.is_final()) {
         let code = j.error.as_ref().map_or("", |e| e.code.as_str());
         ctx.metrics
             .finished
@@ -277,6 +271,16 @@ async fn finish(ctx: &Arc<Context>, id: Uuid, outcome: Outcome) -> Settle {
             j.status.as_str(),
             j.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
         );
+    }
+    let failed = matches!(outcome, Outcome::Failed(..));
+    let interrupted = matches!(outcome, Outcome::Interrupted);
+    let keep = (failed && ctx.settings.worker.keep_failed_workdir) || interrupted;
+    // On shutdown the folder stays: the next attempt here resumes from Meshroom's cache.
+    if !keep {
+        let _ = tokio::fs::remove_dir_all(ctx.work_dir(id)).await;
+    }
+    if interrupted {
+        return Settle::Requeue;
     }
     queue_webhook(ctx, id).await
 }

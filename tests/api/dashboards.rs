@@ -52,7 +52,9 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
         .submit(json!({"image_urls": [edge.add("a.jpg", photo(0))], "callback_url": edge.hook_url()}))
         .await;
     assert_eq!(app.finished(&id, 60).await.status, Status::Succeeded);
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app
+        .metrics_when(10, |m| m.contains("meshroom_jobs_finished_total{"))
+        .await;
     let exported: BTreeSet<String> = metrics
         .lines()
         .filter(|l| l.starts_with("# TYPE "))

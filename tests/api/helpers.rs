@@ -282,6 +282,23 @@ impl Api {
         self.wait_until(id, secs, |j| j.status.is_final()).await
     }
 
+    /// Polls `/metrics` until `pred` holds for its text, or panics after `secs`: a worker counts
+    /// a job's outcome just after recording it, so a reader that saw the job final may be early.
+    pub async fn metrics_when(&self, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let text = self.get("/metrics").await.text().await.unwrap();
+            if pred(&text) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting; metrics are\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls until `pred` holds for the job, or panics after `secs`.
     pub async fn wait_for(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
