@@ -33,6 +33,9 @@ pub(crate) use on;
 /// unreachable database gives a quick answer, not a hang.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A PostgreSQL connection idle this long is pinged before a request uses it.
+const IDLE_PING: Duration = Duration::from_secs(1);
+
 /// SQLite waits this long for another writer (another process on the same file) before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +48,19 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // sqlx pings every connection it hands out: a second round trip on each request.
+                // The pool already pings each one it takes back (a broken one is dropped there),
+                // so only a connection idle a while, that may have lost its server meanwhile
+                // (a restart, a network cut), is pinged before use.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= IDLE_PING {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await?;
             // Concurrent start-ups are serialized by the migrator's advisory lock.
@@ -75,6 +91,8 @@ impl Db {
             // Each connection to `:memory:` would be a database of its own.
             .max_connections(if memory { 1 } else { max_connections })
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A connection to a file cannot lose its server: no ping before each use.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("src/jobs/migrations/sqlite").run(&pool).await?;
