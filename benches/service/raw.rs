@@ -106,12 +106,7 @@ pub async fn confirmed_publishes(
     let also = match also {
         Some((url, doc)) => {
             let _ = meshroom_svc::jobs::Db::open(&url, 1).await.unwrap(); // migrates
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(clients as u32)
-                .connect(&url)
-                .await
-                .unwrap();
-            Some((pool, doc))
+            Some((crate::db::raw_pool(&url, clients).await, doc))
         }
         None => None,
     };
