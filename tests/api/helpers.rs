@@ -285,34 +285,36 @@ impl Api {
     /// Polls `/metrics` until `pred` holds for its text, or panics after `secs`: a worker counts
     /// a job's outcome just after recording it, so a reader that saw the job final may be early.
     pub async fn metrics_when(&self, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let text = self.get("/metrics").await.text().await.unwrap();
-            if pred(&text) {
-                return text;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting; metrics are\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let fetch = || async { self.get("/metrics").await.text().await.unwrap() };
+        poll(secs, fetch, |t| pred(t), |t| format!("metrics are\n{t}")).await
     }
 
     /// Polls until `pred` holds for the job, or panics after `secs`.
     pub async fn wait_for(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let job = self.job(id).await;
-            if pred(&job) {
-                return job;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting; job is {job:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        poll(secs, || self.job(id), pred, |j| format!("job is {j:#}")).await
+    }
+}
+
+/// Calls `fetch` every 50 ms until `pred` holds for its answer, or panics after `secs` with
+/// `show` of the last one.
+async fn poll<T, F: std::future::Future<Output = T>>(
+    secs: u64,
+    mut fetch: impl FnMut() -> F,
+    pred: impl Fn(&T) -> bool,
+    show: impl Fn(&T) -> String,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = fetch().await;
+        if pred(&got) {
+            return got;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting; {}",
+            show(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
