@@ -4,7 +4,7 @@
 //! one ends, with every row that arrived meanwhile.
 
 use super::{key, millis, webhook_pending};
-use crate::jobs::db::{on, Db};
+use crate::jobs::db::Db;
 use crate::jobs::{Job, Status};
 use chrono::Utc;
 use std::collections::HashSet;
@@ -68,8 +68,76 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
 /// One multi-row insert; returns the ids of the rows inserted (a row whose idempotency key is
 /// taken, by an earlier job or by an earlier row of the same statement, is left out).
 async fn insert(db: &Db, batch: &[Pending], hold: bool) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
-    const N: usize = 14;
     let now = Utc::now().timestamp_millis();
+    match db {
+        Db::Postgres(pool) => insert_arrays(pool, batch, hold, now).await,
+        Db::Sqlite(pool) => insert_values(pool, batch, hold, now).await,
+    }
+}
+
+/// Whether a new row is held (its tenant's turn not come), and so not the outbox's: a held row
+/// has no message to come until it is released.
+fn held(p: &Pending, hold: bool) -> bool {
+    hold && p.job.status == Status::Enqueued
+}
+
+/// PostgreSQL: the rows as one array per column, so that the statement's text is the same for
+/// any number of rows. It is prepared once per connection; a statement per batch size would be
+/// prepared again (one more round trip, and parsing a statement of hundreds of parameters) each
+/// time a connection met a size it had not seen.
+async fn insert_arrays(
+    pool: &sqlx::PgPool,
+    batch: &[Pending],
+    hold: bool,
+    now: i64,
+) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
+    const SQL: &str = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
+         unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) \
+         SELECT r.*, 1, $15 FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
+         $7::int8[], $8::text[], $9::text[], $10::bool[], $11::int4[], $12::int8[], $13::int8[], $14::int8[]) AS r \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+    let ids: Vec<Vec<u8>> = sqlx::query_scalar(SQL)
+        .bind(batch.iter().map(|p| key(p.job.id)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.job.status.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.job.pipeline.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| scoped_key(p)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| millis(p.job.finished_at)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| webhook_pending(&p.job)).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|p| (!held(p, hold)).then_some(now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|p| p.doc.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.job.tenant.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| held(p, hold)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| super::priority(&p.job)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.job.stored_bytes() as i64).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| super::gpu_ms(&p.job)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.job.image_count() as i64).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// The idempotency key as stored: scoped to the tenant.
+fn scoped_key(p: &Pending) -> Option<String> {
+    p.job
+        .idempotency_key
+        .as_ref()
+        .map(|k| Job::idempotency_scope(&p.job.tenant, k))
+}
+
+/// SQLite: one `VALUES` row per job (statements are prepared in process: no round trip).
+async fn insert_values(
+    pool: &sqlx::SqlitePool,
+    batch: &[Pending],
+    hold: bool,
+    now: i64,
+) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
+    const N: usize = 14;
     let rows: Vec<String> = (0..batch.len())
         .map(|r| {
             let p: Vec<String> = (1..=N).map(|i| format!("${}", r * N + i)).collect();
@@ -82,27 +150,24 @@ async fn insert(db: &Db, batch: &[Pending], hold: bool) -> Result<HashSet<Vec<u8
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows.join(", ")
     );
-    let ids: Vec<Vec<u8>> = on!(db, pool => {
-        let mut q = sqlx::query_scalar(&sql);
-        for p in batch {
-            q = q
-                .bind(key(p.job.id))
-                .bind(p.job.status.as_str())
-                .bind(p.job.pipeline.clone())
-                .bind(p.job.idempotency_key.as_ref().map(|k| Job::idempotency_scope(&p.job.tenant, k)))
-                .bind(millis(p.job.finished_at))
-                .bind(webhook_pending(&p.job))
-                // A held row has no message to come until it is released: not the outbox's.
-                .bind((!(hold && p.job.status == Status::Enqueued)).then_some(now))
-                .bind(p.doc.clone())
-                .bind(p.job.tenant.clone())
-                .bind(hold && p.job.status == Status::Enqueued)
-                .bind(super::priority(&p.job))
-                .bind(p.job.stored_bytes() as i64)
-                .bind(super::gpu_ms(&p.job))
-                .bind(p.job.image_count() as i64);
-        }
-        q.fetch_all(pool).await?
-    });
+    let mut q = sqlx::query_scalar(&sql);
+    for p in batch {
+        q = q
+            .bind(key(p.job.id))
+            .bind(p.job.status.as_str())
+            .bind(p.job.pipeline.clone())
+            .bind(scoped_key(p))
+            .bind(millis(p.job.finished_at))
+            .bind(webhook_pending(&p.job))
+            .bind((!held(p, hold)).then_some(now))
+            .bind(p.doc.clone())
+            .bind(p.job.tenant.clone())
+            .bind(held(p, hold))
+            .bind(super::priority(&p.job))
+            .bind(p.job.stored_bytes() as i64)
+            .bind(super::gpu_ms(&p.job))
+            .bind(p.job.image_count() as i64);
+    }
+    let ids: Vec<Vec<u8>> = q.fetch_all(pool).await?;
     Ok(ids.into_iter().collect())
 }
