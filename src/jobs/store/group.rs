@@ -100,7 +100,7 @@ async fn insert_arrays(
         .bind(batch.iter().map(|p| key(p.job.id)).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.job.status.as_str()).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.job.pipeline.clone()).collect::<Vec<_>>())
-        .bind(batch.iter().map(|p| scoped_key(p)).collect::<Vec<_>>())
+        .bind(batch.iter().map(scoped_key).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| millis(p.job.finished_at)).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| webhook_pending(&p.job)).collect::<Vec<_>>())
         .bind(
