@@ -55,14 +55,21 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
         for p in batch.drain(..) {
             let id = key(p.job.id);
             let answer = match &inserted {
-                Ok(ids) => Ok(ids
-                    .contains(&id)
-                    .then(|| hold && p.job.status == Status::Enqueued && !released.contains(&id))),
+                Ok(ids) => Ok(ids.contains(&id).then(|| held(&p, hold) && !released.contains(&id))),
                 Err(e) => Err(e.clone()),
             };
             let _ = p.reply.send(answer);
         }
     }
+}
+
+/// The columns a new row fills, in the order both statements give them: 14 values per job, then
+/// `version` and `changed_at`.
+macro_rules! columns {
+    () => {
+        "(id, status, pipeline, idempotency_key, finished_at, webhook_pending, unpublished_since, doc, \
+         tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at)"
+    };
 }
 
 /// One multi-row insert; returns the ids of the rows inserted (a row whose idempotency key is
@@ -91,11 +98,13 @@ async fn insert_arrays(
     hold: bool,
     now: i64,
 ) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
-    const SQL: &str = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-         unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) \
-         SELECT r.*, 1, $15 FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
+    const SQL: &str = concat!(
+        "INSERT INTO jobs ",
+        columns!(),
+        " SELECT r.*, 1, $15 FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
          $7::int8[], $8::text[], $9::text[], $10::bool[], $11::int4[], $12::int8[], $13::int8[], $14::int8[]) AS r \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    );
     let ids: Vec<Vec<u8>> = sqlx::query_scalar(SQL)
         .bind(batch.iter().map(|p| key(p.job.id)).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.job.status.as_str()).collect::<Vec<_>>())
@@ -145,9 +154,11 @@ async fn insert_values(
         })
         .collect();
     let sql = format!(
-        "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-         unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) VALUES {} \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        concat!(
+            "INSERT INTO jobs ",
+            columns!(),
+            " VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+        ),
         rows.join(", ")
     );
     let mut q = sqlx::query_scalar(&sql);
