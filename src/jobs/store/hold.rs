@@ -52,21 +52,15 @@ async fn release_one(db: &Db, share: u32, tenant: &str) -> Result<Vec<String>, S
                 .await?
         }
         // PostgreSQL reads the count at the statement's start: two concurrent releases could
-        // both see room. A transaction-scoped advisory lock per tenant makes them take turns.
+        // both see room. `release_held` (migration 0006) takes a per-tenant advisory lock first,
+        // then runs the same update, in one round trip.
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7142001, hashtext($1))")
-                .bind(tenant)
-                .execute(&mut *tx)
-                .await?;
-            let docs = sqlx::query_scalar(sql)
+            sqlx::query_scalar("SELECT release_held($3, $2, $1)")
                 .bind(now)
                 .bind(share as i64)
                 .bind(tenant)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            docs
+                .fetch_all(pool)
+                .await?
         }
     };
     Ok(docs)
