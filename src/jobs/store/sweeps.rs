@@ -1,7 +1,7 @@
 //! The store's queries for sweeps: recovery, retention, pending webhooks and the outbox.
 
 use super::{key, Store, StoreError};
-use crate::jobs::db::on;
+use crate::jobs::db::{on, Db};
 use crate::jobs::Job;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -58,18 +58,26 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "UPDATE jobs SET unpublished_since = NULL WHERE id IN ({})",
-            marks.join(", ")
-        );
-        on!(&self.db, pool => {
-            let mut q = sqlx::query(&sql);
-            for id in ids {
-                q = q.bind(key(*id));
+        // A row already marked is left alone: writing it again would only make a dead version.
+        const WHERE: &str = "UPDATE jobs SET unpublished_since = NULL WHERE unpublished_since IS NOT NULL AND id";
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(*id)).collect();
+        match &self.db {
+            // One statement text for any number of ids: prepared once per connection.
+            Db::Postgres(pool) => {
+                let sql = format!("{WHERE} = ANY($1)");
+                sqlx::query(&sql).bind(keys).execute(pool).await?;
             }
-            q.execute(pool).await.map(|_| ())?
-        });
+            // SQLite has no arrays; its statements are prepared in process.
+            Db::Sqlite(pool) => {
+                let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+                let sql = format!("{WHERE} IN ({})", marks.join(", "));
+                let mut q = sqlx::query(&sql);
+                for k in keys {
+                    q = q.bind(k);
+                }
+                q.execute(pool).await?;
+            }
+        }
         Ok(())
     }
 
