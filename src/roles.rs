@@ -28,6 +28,8 @@ impl Started {
             None => wait_for_signal().await,
         };
         log::info!("stopping: running jobs go back to the queue");
+        // The broker's confirm timeout: the submits answered last have their messages out.
+        self.app.publishes_done(Duration::from_secs(5)).await;
         self.app.shutdown.cancel();
         for task in self.tasks {
             let _ = task.await;

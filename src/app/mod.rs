@@ -19,6 +19,9 @@ use uuid::Uuid;
 pub mod outbox;
 mod upkeep;
 
+/// Publishes a submit may leave running at once; past that, submits wait for the broker.
+const PUBLISHING: usize = 1024;
+
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,6 +93,9 @@ pub struct App {
     pub feed: crate::events::Feed,
     /// Jobs just published, to be marked so in the database.
     published: tokio::sync::mpsc::UnboundedSender<Uuid>,
+    /// Permits of the publishes submits left to `outbox::publisher` (`publish_soon`).
+    publishing: Arc<tokio::sync::Semaphore>,
+    to_publish: tokio::sync::mpsc::UnboundedSender<(Job, tokio::sync::OwnedSemaphorePermit)>,
     owner: String,
     /// Whether COLMAP jobs can be meshed, and with which Python (for `/ready`).
     mesher: String,
@@ -201,12 +207,15 @@ impl App {
         let (published, marks) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(outbox::mark_published(store.clone(), marks));
         let feed = crate::events::Feed::start(store.clone(), shutdown.clone());
-        Ok(Arc::new(App {
+        let (to_publish, publishes) = tokio::sync::mpsc::unbounded_channel();
+        let app = Arc::new(App {
             feed,
             jobs: store,
             keys,
             tokens,
             published,
+            publishing: Arc::new(tokio::sync::Semaphore::new(PUBLISHING)),
+            to_publish,
             files: storage,
             queue: Arc::new(queue),
             pipelines,
@@ -222,7 +231,11 @@ impl App {
             owner,
             mesher,
             config,
-        }))
+        });
+        // Started here, on the runtime that opened the queue, not on an HTTP worker's runtime
+        // (which ends with its worker when the server stops).
+        tokio::spawn(outbox::publisher(Arc::downgrade(&app), publishes));
+        Ok(app)
     }
 
     /// Folder for a job's working files.
@@ -283,6 +296,25 @@ impl App {
         // Marked off the answer's path, in batches (see `outbox::mark_published`).
         let _ = self.published.send(job.id);
         Ok(())
+    }
+
+    /// Publishes a just-stored job in the background, so that its submit answers without waiting
+    /// for the broker's confirm. The answer promises no more with the confirm than without it:
+    /// the committed row is what makes the job exist, and a job whose message fails (or whose
+    /// process dies first) is published by the outbox sweep. Waits only when `PUBLISHING`
+    /// publishes are already under way, that is when the broker is slow.
+    pub async fn publish_soon(&self, job: Job) {
+        let Ok(permit) = self.publishing.clone().acquire_owned().await else {
+            return;
+        };
+        let _ = self.to_publish.send((job, permit));
+    }
+
+    /// Waits, at most `limit`, for the publishes `publish_soon` left running: a process that
+    /// stops leaves none of its jobs to the outbox sweep's delay.
+    pub async fn publishes_done(&self, limit: Duration) {
+        let all = self.publishing.acquire_many(PUBLISHING as u32);
+        let _ = tokio::time::timeout(limit, all).await;
     }
 
     /// Starts the delivery of a job's pending webhook: its first attempt goes in the queue.

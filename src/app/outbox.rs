@@ -3,9 +3,11 @@
 //! jobs now and then and publishes them; the database hands each one to a single process.
 
 use super::App;
-use crate::jobs::Status;
-use std::sync::Arc;
+use crate::jobs::{Job, Status};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A job unpublished this long is published by the sweep (a submit publishes within the broker's
 /// 5 s confirm timeout, or gives up).
@@ -70,4 +72,27 @@ pub async fn mark_published(
         }
         batch.clear();
     }
+}
+
+/// Publishes the jobs that submits answered without waiting (`App::publish_soon`), as they come,
+/// from one task that awaits all their confirms: a burst of submits costs a wake-up per confirm
+/// the broker sends (one confirms many messages), not one per job. Ends when the `App` does.
+pub async fn publisher(app: Weak<App>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(Job, OwnedSemaphorePermit)>) {
+    let mut running = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            next = jobs.recv() => {
+                let Some((job, permit)) = next else { break };
+                let Some(app) = app.upgrade() else { break };
+                running.push(async move {
+                    if let Err(e) = app.publish(&job).await {
+                        log::warn!("job {}: stored, to be queued later ({e})", job.id);
+                    }
+                    drop(permit);
+                });
+            }
+            Some(()) = running.next(), if !running.is_empty() => {}
+        }
+    }
+    while running.next().await.is_some() {}
 }

@@ -79,9 +79,9 @@ pub(super) async fn submit(
     if inserted.held {
         // Its tenant has its share of jobs in the queue: it goes there as they are taken.
         log::debug!("job {}: held for its tenant's turn", stored.id);
-    } else if let Err(e) = app.publish(&stored).await {
-        // The job is stored, so it is accepted: the outbox sweep queues it once the broker is back.
-        log::warn!("job {}: stored, to be queued later ({e})", stored.id);
+    } else {
+        // Stored, so accepted: the message follows this answer (see `App::publish_soon`).
+        app.publish_soon(stored.clone()).await;
     }
     app.metrics
         .submitted
