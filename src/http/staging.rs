@@ -43,6 +43,11 @@ impl Drop for Staging {
         if let Some(active) = ACTIVE.lock().expect("staging lock").as_mut() {
             active.remove(&dir);
         }
+        // Most requests (JSON submits) never made their folder: one stat, rather than a trip to
+        // the blocking pool and back for each of them.
+        if !dir.exists() {
+            return;
+        }
         // Off the async threads when there are any: a folder can hold hundreds of files.
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(move || remove(&dir))),
