@@ -162,9 +162,10 @@ pub struct Cpu {
 /// utime + stime (and, with `reaped`, cutime + cstime) of a process, in seconds.
 fn cpu_secs(pid: u32, reaped: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: utime, stime, cutime, cstime are fields 14 to 17.
+    // After the command name in parentheses come fields 3 (the state, a letter) onwards: utime,
+    // stime, cutime, cstime (fields 14 to 17) are at 11 to 14. The letter counts as a field.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
     let fields = if reaped { 11..15 } else { 11..13 };
     fields.map(|i| f.get(i).unwrap_or(&0.0)).sum::<f64>() / 100.0
 }
