@@ -9,8 +9,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// A job unpublished this long is published by the sweep (a submit publishes within the broker's
-/// 5 s confirm timeout, or gives up).
+/// A job unpublished this long is published by the sweep (a submit's publish ends within 4 s: the
+/// wait for a link and the broker's confirm timeout).
 pub const GRACE: Duration = Duration::from_secs(10);
 
 /// How often the sweep looks.

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How long a publish waits for the broker's confirm; with the wait for a link, a submit answers
-/// 503 within 5 s when the broker is gone.
+/// How long a publish waits for the broker's confirm; with the wait for a link, a publish gives
+/// up within 4 s when the broker is gone (its job is then the outbox sweep's).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Result<T> = std::result::Result<T, amqprs::error::Error>;
