@@ -27,6 +27,10 @@ const SCOPE: &str = "meshroom-svc";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// The tracer of the provider `init` set: made once, not on every span (`global::tracer` locks
+/// the global provider and allocates a boxed tracer each time).
+static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer> = std::sync::OnceLock::new();
+
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("OpenTelemetry exporter: {0}")]
@@ -69,6 +73,7 @@ fn init_from(role: &str, var: impl Fn(&str) -> Option<String>) -> Result<Tracing
         .build();
     global::set_text_map_propagator(TraceContextPropagator::new());
     global::set_tracer_provider(provider.clone());
+    let _ = TRACER.set(opentelemetry::trace::TracerProvider::tracer(&provider, SCOPE));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Tracing {
         provider: Some(provider),
@@ -133,15 +138,14 @@ pub fn start_at(
     attributes: Vec<KeyValue>,
     at: Option<SystemTime>,
 ) -> Context {
-    if !enabled() {
+    let (true, Some(tracer)) = (enabled(), TRACER.get()) else {
         return parent.clone();
-    }
-    let tracer = global::tracer(SCOPE);
+    };
     let mut builder = tracer.span_builder(name).with_kind(kind).with_attributes(attributes);
     if let Some(at) = at {
         builder = builder.with_start_time(at);
     }
-    parent.with_span(builder.start_with_context(&tracer, parent))
+    parent.with_span(builder.start_with_context(tracer, parent))
 }
 
 /// Ends the span of `cx` (now, or at `at`), marked as an error with `error` when given.

@@ -61,9 +61,12 @@ pub(super) async fn submit(
     check_images(&limits, &job)?;
     job.idempotency_key = idempotency_key;
     trace::annotate(&accept, trace::job(&job));
-    let storing = trace::start("store inputs", SpanKind::Internal, &accept, Vec::new());
-    store_inputs(&app, &job, &staged).await?;
-    trace::end(&storing, None, None);
+    if !staged.is_empty() {
+        // A span only when there is something to store: most submits name URLs.
+        let storing = trace::start("store inputs", SpanKind::Internal, &accept, Vec::new());
+        store_inputs(&app, &job, &staged).await?;
+        trace::end(&storing, None, None);
+    }
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
