@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub mod outbox;
 mod upkeep;
 
-/// Publishes a submit may leave running at once; past that, submits wait for the broker.
+/// Publishes that submits may leave under way at once; past that, submits wait for the broker.
 const PUBLISHING: usize = 1024;
 
 /// Why the process could not start.
@@ -95,6 +95,7 @@ pub struct App {
     published: tokio::sync::mpsc::UnboundedSender<Uuid>,
     /// Permits of the publishes submits left to `outbox::publisher` (`publish_soon`).
     publishing: Arc<tokio::sync::Semaphore>,
+    /// Jobs for `outbox::publisher`, each with its permit.
     to_publish: tokio::sync::mpsc::UnboundedSender<(Job, tokio::sync::OwnedSemaphorePermit)>,
     owner: String,
     /// Whether COLMAP jobs can be meshed, and with which Python (for `/ready`).
