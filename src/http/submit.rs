@@ -73,6 +73,10 @@ pub(super) async fn submit(
     let inserting = trace::start("insert", SpanKind::Internal, &accept, Vec::new());
     let inserted = insert(&app, job, &limits).await?;
     trace::end(&inserting, None, None);
+    // Older jobs of the tenant this insert let out of the hold (see `scheduling`).
+    for released in inserted.released {
+        app.publish_soon(released).await;
+    }
     let stored = inserted.job;
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.

@@ -44,6 +44,9 @@ pub struct Inserted {
     pub job: Job,
     /// True when the new job waits out of the queue for its tenant's turn.
     pub held: bool,
+    /// Other jobs this insert released from the hold (its tenant's older ones): the caller
+    /// publishes them, as it does the new job when it is not held.
+    pub released: Vec<Job>,
 }
 
 /// Reads and writes job records.
@@ -145,6 +148,7 @@ impl Store {
     /// tell): the unique column decides between concurrent submits, on any number of replicas.
     pub async fn insert(&self, job: Job) -> Result<Inserted, StoreError> {
         let doc = serde_json::to_string(&job)?;
+        let mut released = Vec::new();
         for _ in 0..3 {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let pending = group::Pending {
@@ -154,13 +158,12 @@ impl Store {
             };
             let lost = || StoreError::Db(sqlx::Error::PoolClosed);
             self.inserts.send(pending).map_err(|_| lost())?;
-            match answer.await.map_err(|_| lost())? {
-                Ok(Some(held)) => {
-                    self.changed.notify_one();
-                    return Ok(Inserted { job, held });
-                }
-                Ok(None) => {}
-                Err(e) => return Err(StoreError::Db(sqlx::Error::Protocol(e))),
+            let reply = answer.await.map_err(|_| lost())?;
+            let mut reply = reply.map_err(|e| StoreError::Db(sqlx::Error::Protocol(e)))?;
+            released.append(&mut reply.released);
+            if let Some(held) = reply.inserted {
+                self.changed.notify_one();
+                return Ok(Inserted { job, held, released });
             }
             let Some(k) = &job.idempotency_key else { break };
             // The key's job may be deleted between the two statements: then insert again.
@@ -168,6 +171,7 @@ impl Store {
                 return Ok(Inserted {
                     job: earlier,
                     held: false,
+                    released,
                 });
             }
         }

@@ -13,12 +13,21 @@ use tokio::sync::{mpsc, oneshot};
 /// Rows in one statement at most (14 parameters each, well under both backends' limits).
 const MAX_ROWS: usize = 200;
 
-/// A row waiting for its statement, and where to say whether it was inserted (none: its
-/// idempotency key was taken; else whether it is held) or why the statement failed.
+/// A row waiting for its statement, and where to send the [`Reply`] or why the statement failed.
 pub(super) struct Pending {
     pub job: Job,
     pub doc: String,
-    pub reply: oneshot::Sender<Result<Option<bool>, String>>,
+    pub reply: oneshot::Sender<Result<Reply, String>>,
+}
+
+/// What became of a row.
+#[derive(Debug, Default)]
+pub(super) struct Reply {
+    /// None: its idempotency key was taken; else whether it is held.
+    pub inserted: Option<bool>,
+    /// Jobs of earlier statements released by this one, for the receiver to publish: the
+    /// release takes a tenant's *oldest* held jobs, which need not be in this statement.
+    pub released: Vec<Job>,
 }
 
 /// Runs the statements until every sender is gone.
@@ -36,7 +45,7 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
             inserted = insert(&db, &batch, hold).await;
         }
         // Held rows go to the queue at once as far as their tenants' turns allow; the rest wait.
-        let mut released = HashSet::new();
+        let mut released = Vec::new();
         if let (true, Ok(ids)) = (hold, &inserted) {
             let mut tenants: Vec<String> = batch
                 .iter()
@@ -46,20 +55,42 @@ pub(super) async fn run(db: Db, mut rows: mpsc::UnboundedReceiver<Pending>, queu
             tenants.sort();
             tenants.dedup();
             match super::hold::release(&db, queued_per_tenant, Some(&tenants)).await {
-                Ok(jobs) => released.extend(jobs.into_iter().map(|j| key(j.id))),
+                Ok(jobs) => released = jobs,
                 // Held rows are released by the next sweep.
                 Err(e) => log::warn!("new jobs held, not released yet: {e}"),
             }
         }
-        let inserted = inserted.map_err(|e| e.to_string());
-        for p in batch.drain(..) {
-            let id = key(p.job.id);
-            let answer = match &inserted {
-                Ok(ids) => Ok(ids.contains(&id).then(|| held(&p, hold) && !released.contains(&id))),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = p.reply.send(answer);
+        reply_all(&mut batch, inserted.map_err(|e| e.to_string()), released, hold);
+    }
+}
+
+/// Answers every row of a statement. A released job is published by its own submit when in
+/// this statement, else by the first submit still waiting for its answer (a submit whose
+/// client left passes its own on too); one left unpublished is the outbox sweep's.
+fn reply_all(batch: &mut Vec<Pending>, inserted: Result<HashSet<Vec<u8>>, String>, released: Vec<Job>, hold: bool) {
+    let (mine, mut others): (Vec<Job>, Vec<Job>) = released
+        .into_iter()
+        .partition(|j| inserted.as_ref().is_ok_and(|ids| ids.contains(&key(j.id))));
+    for p in batch.drain(..) {
+        let id = key(p.job.id);
+        let answer = match &inserted {
+            Ok(ids) => Ok(Reply {
+                inserted: ids
+                    .contains(&id)
+                    .then(|| held(&p, hold) && !mine.iter().any(|j| j.id == p.job.id)),
+                released: std::mem::take(&mut others),
+            }),
+            Err(e) => Err(e.clone()),
+        };
+        if let Err(Ok(mut lost)) = p.reply.send(answer) {
+            others.append(&mut lost.released);
+            if lost.inserted == Some(false) {
+                others.push(p.job);
+            }
         }
+    }
+    if !others.is_empty() {
+        log::debug!("{} released job(s) left to the outbox sweep", others.len());
     }
 }
 
@@ -181,4 +212,34 @@ async fn insert_values(
     }
     let ids: Vec<Vec<u8>> = q.fetch_all(pool).await?;
     Ok(ids.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(job: &Job) -> (Pending, oneshot::Receiver<Result<Reply, String>>) {
+        let (reply, rx) = oneshot::channel();
+        let p = Pending {
+            job: job.clone(),
+            doc: String::new(),
+            reply,
+        };
+        (p, rx)
+    }
+
+    #[test]
+    fn a_submit_whose_client_left_passes_its_jobs_on() {
+        let [gone, waiting, older] = [0, 1, 2].map(|_| Job::new("draft".into(), 60));
+        let (p1, rx1) = pending(&gone);
+        let (p2, mut rx2) = pending(&waiting);
+        drop(rx1);
+        let ids = HashSet::from([key(gone.id), key(waiting.id)]);
+        // Both new rows and an older one released: the first row's submit is gone.
+        reply_all(&mut vec![p1, p2], Ok(ids), vec![gone.clone(), older.clone()], true);
+        let reply = rx2.try_recv().unwrap().unwrap();
+        assert_eq!(reply.inserted, Some(true), "its own row stays held");
+        let handed: Vec<_> = reply.released.iter().map(|j| j.id).collect();
+        assert_eq!(handed, [older.id, gone.id]);
+    }
 }

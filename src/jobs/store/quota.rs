@@ -134,14 +134,16 @@ impl Store {
                 Some(std::slice::from_ref(&job.tenant)),
             )
             .await?;
-            let held = hold && !released.iter().any(|j| j.id == job.id);
-            return Ok(Ok(Inserted { job, held }));
+            let (mine, released): (Vec<Job>, Vec<Job>) = released.into_iter().partition(|j| j.id == job.id);
+            let held = hold && mine.is_empty();
+            return Ok(Ok(Inserted { job, held, released }));
         }
         if let Some(k) = &job.idempotency_key {
             if let Some(earlier) = self.find_idempotent(&job.tenant, k).await? {
                 return Ok(Ok(Inserted {
                     job: earlier,
                     held: false,
+                    released: Vec::new(),
                 }));
             }
         }

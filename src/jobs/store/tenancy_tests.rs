@@ -44,6 +44,34 @@ async fn a_tenant_keeps_its_share_queued_and_the_rest_held() {
 }
 
 #[tokio::test]
+async fn an_insert_hands_over_the_older_jobs_it_releases() {
+    let (s, _dir) = store(2).await;
+    let quota = Quota {
+        max_active_jobs: 100,
+        ..Quota::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(s.insert(job("a")).await.unwrap().job.id);
+    }
+    // A worker took a queued job, and the release that should follow has not run (a replica
+    // died in between, or the insert's release came first): the next insert makes room, and the
+    // job it lets go is the oldest held one, not itself. Its submit must publish it: nobody else
+    // would until the outbox sweep, and until then the tenant's turn is spent on a job with
+    // no message.
+    for (taken, older, quota) in [(ids[0], ids[2], None), (ids[1], ids[3], Some(&quota))] {
+        s.update(taken, |j| j.status = Status::Processing).await.unwrap();
+        let inserted = match quota {
+            None => s.insert(job("a")).await.unwrap(),
+            Some(q) => s.insert_within(job("a"), q).await.unwrap().unwrap(),
+        };
+        assert!(inserted.held);
+        assert_eq!(inserted.released.iter().map(|j| j.id).collect::<Vec<_>>(), [older]);
+    }
+    assert!(s.insert(job("b")).await.unwrap().released.is_empty());
+}
+
+#[tokio::test]
 async fn concurrent_releases_never_exceed_the_share() {
     let (s, _dir) = store(3).await;
     for _ in 0..30 {
