@@ -70,9 +70,9 @@ pub(super) async fn submit(
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
-    let inserting = trace::start("insert", SpanKind::Internal, &accept, Vec::new());
+    // An event, not a span: on the busiest path, a span more cost a tenth of the accept rate.
     let inserted = insert(&app, job, &limits).await?;
-    trace::end(&inserting, None, None);
+    trace::event(&accept, "committed");
     // Older jobs of the tenant this insert let out of the hold (see `scheduling`).
     for released in inserted.released {
         app.publish_soon(released).await;
