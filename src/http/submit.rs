@@ -70,7 +70,7 @@ pub(super) async fn submit(
     drop(staging);
     let new_id = job.id;
     // Committed before it is queued: a worker never gets a message for a job it cannot read.
-    // An event, not a span: on the busiest path, a span more cost a tenth of the accept rate.
+    // An event, not a span: on the busiest path a span more cost about 4 us of CPU per accept.
     let inserted = insert(&app, job, &limits).await?;
     trace::event(&accept, "committed");
     // Older jobs of the tenant this insert let out of the hold (see `scheduling`).
