@@ -21,7 +21,7 @@ pub(super) struct Pending {
 }
 
 /// What became of a row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Reply {
     /// None: its idempotency key was taken; else whether it is held.
     pub inserted: Option<bool>,
