@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The statement the store inserts a job with, on the service's own schema.
+/// A job row as the store inserts it, on the service's own schema (its outbox mark, a narrow row of
+/// another table, left out: the raw limit is the row alone).
 pub const INSERT: &str = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-                      unpublished_since, version, doc) VALUES ($1, 'enqueued', 'draft', NULL, NULL, FALSE, $2, 1, $3)";
+                      changed_at, version, doc) VALUES ($1, 'enqueued', 'draft', NULL, NULL, FALSE, $2, 1, $3)";
 
 /// Raw inserts of `doc` as a job row, by `clients` connections for `secs`, into a database with
 /// the service's schema (`url` is migrated first).

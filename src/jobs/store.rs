@@ -142,7 +142,7 @@ impl Store {
         self.changed.clone()
     }
 
-    /// Stores a new job, not yet published to the queue (see `unpublished`); `held` says whether
+    /// Stores a new job, marked in the outbox for the queue (see `unpublished`); `held` says whether
     /// it waits for its tenant's turn instead (then the caller publishes nothing). With an
     /// idempotency key already used, stores nothing and returns the earlier job (compare ids to
     /// tell): the unique column decides between concurrent submits, on any number of replicas.
@@ -232,28 +232,41 @@ impl Store {
     async fn write(&self, job: &Job, version: i64, republish: bool, seen: bool) -> Result<bool, StoreError> {
         let sql = "UPDATE jobs SET status = $2, finished_at = $3, webhook_pending = $4, doc = $5, \
                    version = version + 1, \
-                   unpublished_since = CASE WHEN $6 THEN $7 ELSE unpublished_since END, \
-                   stored_bytes = $9, engine_ms = $10, gpu_ms = $11, \
-                   changed_at = CASE WHEN $12 THEN $7 ELSE changed_at END, \
+                   stored_bytes = $8, engine_ms = $9, gpu_ms = $10, \
+                   changed_at = CASE WHEN $11 THEN $6 ELSE changed_at END, \
                    held = CASE WHEN $2 = 'enqueued' THEN held ELSE FALSE END \
-                   WHERE id = $1 AND version = $8";
+                   WHERE id = $1 AND version = $7";
         let doc = serde_json::to_string(job)?;
-        let written = on!(&self.db, pool => sqlx::query(sql)
-            .bind(key(job.id))
-            .bind(job.status.as_str())
-            .bind(millis(job.finished_at))
-            .bind(webhook_pending(job))
-            .bind(&doc)
-            .bind(republish)
-            .bind(Utc::now().timestamp_millis())
-            .bind(version)
-            .bind(job.stored_bytes() as i64)
-            .bind(job.engine_ms as i64)
-            .bind(gpu_ms(job))
-            .bind(seen)
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let now = Utc::now().timestamp_millis();
+        macro_rules! update {
+            () => {
+                sqlx::query(sql)
+                    .bind(key(job.id))
+                    .bind(job.status.as_str())
+                    .bind(millis(job.finished_at))
+                    .bind(webhook_pending(job))
+                    .bind(&doc)
+                    .bind(now)
+                    .bind(version)
+                    .bind(job.stored_bytes() as i64)
+                    .bind(job.engine_ms as i64)
+                    .bind(gpu_ms(job))
+                    .bind(seen)
+            };
+        }
+        let written = on!(&self.db, pool => if republish {
+            // A retry needs its queue message: its outbox mark commits with it, or neither does.
+            let mut tx = pool.begin().await?;
+            let written = update!().execute(&mut *tx).await?.rows_affected();
+            if written == 1 {
+                sqlx::query(outbox::MARK).bind(key(job.id)).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            written
+        } else {
+            // Heartbeats and progress: one round trip, no transaction.
+            update!().execute(pool).await?.rows_affected()
+        });
         if written == 1 && seen {
             self.changed.notify_one();
         }
@@ -323,8 +336,14 @@ impl Store {
     /// files no record names, never a record without files.
     pub async fn remove(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         let sql = "DELETE FROM jobs WHERE id = $1 AND status <> 'processing' RETURNING tenant";
-        let tenant: Option<String> =
-            on!(&self.db, pool => sqlx::query_scalar(sql).bind(key(id)).fetch_optional(pool).await?);
+        let tenant: Option<String> = on!(&self.db, pool => {
+            // Its outbox mark goes with it: a mark without a job would stay forever.
+            let mut tx = pool.begin().await?;
+            let tenant = sqlx::query_scalar(sql).bind(key(id)).fetch_optional(&mut *tx).await?;
+            sqlx::query("DELETE FROM outbox WHERE id = $1").bind(key(id)).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tenant
+        });
         if tenant.is_some() {
             self.log_remove(id).await?;
         }
@@ -351,6 +370,7 @@ impl Store {
 mod feed;
 mod group;
 mod hold;
+mod outbox;
 mod quota;
 mod sweeps;
 mod usage;

@@ -98,7 +98,7 @@ fn reply_all(batch: &mut Vec<Pending>, inserted: Result<HashSet<Vec<u8>>, String
 /// `version` and `changed_at`.
 macro_rules! columns {
     () => {
-        "(id, status, pipeline, idempotency_key, finished_at, webhook_pending, unpublished_since, doc, \
+        "(id, status, pipeline, idempotency_key, finished_at, webhook_pending, doc, \
          tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at)"
     };
 }
@@ -129,12 +129,15 @@ async fn insert_arrays(
     hold: bool,
     now: i64,
 ) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
+    // The rows and the outbox marks of those not held, in one statement.
     const SQL: &str = concat!(
-        "INSERT INTO jobs ",
+        "WITH ins AS (INSERT INTO jobs ",
         columns!(),
-        " SELECT r.*, 1, $15 FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
-         $7::int8[], $8::text[], $9::text[], $10::bool[], $11::int4[], $12::int8[], $13::int8[], $14::int8[]) AS r \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+        " SELECT r.*, 1, $14 FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bool[], \
+         $7::text[], $8::text[], $9::bool[], $10::int4[], $11::int8[], $12::int8[], $13::int8[]) AS r \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, held), \
+         marked AS (INSERT INTO outbox (id, since) SELECT id, $14 FROM ins WHERE NOT held) \
+         SELECT id FROM ins"
     );
     let ids: Vec<Vec<u8>> = sqlx::query_scalar(SQL)
         .bind(batch.iter().map(|p| key(p.job.id)).collect::<Vec<_>>())
@@ -143,12 +146,6 @@ async fn insert_arrays(
         .bind(batch.iter().map(scoped_key).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| millis(p.job.finished_at)).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| webhook_pending(&p.job)).collect::<Vec<_>>())
-        .bind(
-            batch
-                .iter()
-                .map(|p| (!held(p, hold)).then_some(now))
-                .collect::<Vec<_>>(),
-        )
         .bind(batch.iter().map(|p| p.doc.clone()).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.job.tenant.clone()).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| held(p, hold)).collect::<Vec<_>>())
@@ -177,7 +174,7 @@ async fn insert_values(
     hold: bool,
     now: i64,
 ) -> Result<HashSet<Vec<u8>>, sqlx::Error> {
-    const N: usize = 14;
+    const N: usize = 13;
     let rows: Vec<String> = (0..batch.len())
         .map(|r| {
             let p: Vec<String> = (1..=N).map(|i| format!("${}", r * N + i)).collect();
@@ -188,11 +185,11 @@ async fn insert_values(
         concat!(
             "INSERT INTO jobs ",
             columns!(),
-            " VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+            " VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, held"
         ),
         rows.join(", ")
     );
-    let mut q = sqlx::query_scalar(&sql);
+    let mut q = sqlx::query_as(&sql);
     for p in batch {
         q = q
             .bind(key(p.job.id))
@@ -201,7 +198,6 @@ async fn insert_values(
             .bind(scoped_key(p))
             .bind(millis(p.job.finished_at))
             .bind(webhook_pending(&p.job))
-            .bind((!held(p, hold)).then_some(now))
             .bind(p.doc.clone())
             .bind(p.job.tenant.clone())
             .bind(held(p, hold))
@@ -210,8 +206,19 @@ async fn insert_values(
             .bind(super::gpu_ms(&p.job))
             .bind(p.job.image_count() as i64);
     }
-    let ids: Vec<Vec<u8>> = q.fetch_all(pool).await?;
-    Ok(ids.into_iter().collect())
+    // SQLite has no statement that inserts into two tables: the rows and their outbox marks
+    // commit in one transaction (one fsync, as before).
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Vec<u8>, bool)> = q.fetch_all(&mut *tx).await?;
+    for (id, _) in rows.iter().filter(|(_, held)| !held) {
+        sqlx::query(super::outbox::MARK)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|(id, _)| id).collect())
 }
 
 #[cfg(test)]

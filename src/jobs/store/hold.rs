@@ -9,7 +9,7 @@ use chrono::Utc;
 
 /// Releases, for each tenant (or every tenant with held jobs, with `None`), its held jobs,
 /// highest priority then oldest first, until it has `share` jobs in the queue; returns them, to
-/// be published (their `unpublished_since` is set, so the outbox publishes them if the caller
+/// be published (they are marked in the outbox, so the sweep publishes them if the caller
 /// cannot).
 pub(super) async fn release(db: &Db, share: u32, tenants: Option<&[String]>) -> Result<Vec<Job>, StoreError> {
     if share == 0 {
@@ -34,26 +34,36 @@ pub(super) async fn release(db: &Db, share: u32, tenants: Option<&[String]>) -> 
 /// One tenant's release: one statement that counts the tenant's queued jobs and takes that many
 /// fewer than the share from the head of its held ones (an index range, however many are held).
 async fn release_one(db: &Db, share: u32, tenant: &str) -> Result<Vec<String>, StoreError> {
-    let sql = "UPDATE jobs SET held = FALSE, unpublished_since = $1 WHERE id IN (\
-                 SELECT id FROM jobs WHERE tenant = $3 AND held AND status = 'enqueued' \
+    let sql = "UPDATE jobs SET held = FALSE WHERE id IN (\
+                 SELECT id FROM jobs WHERE tenant = $2 AND held AND status = 'enqueued' \
                  ORDER BY priority DESC, id \
-                 LIMIT (SELECT CASE WHEN COUNT(*) < $2 THEN $2 - COUNT(*) ELSE 0 END \
-                        FROM jobs WHERE tenant = $3 AND status = 'enqueued' AND NOT held)\
-               ) RETURNING doc";
+                 LIMIT (SELECT CASE WHEN COUNT(*) < $1 THEN $1 - COUNT(*) ELSE 0 END \
+                        FROM jobs WHERE tenant = $2 AND status = 'enqueued' AND NOT held)\
+               ) RETURNING id, doc";
     let now = Utc::now().timestamp_millis();
     let docs = match db {
-        // One statement: SQLite runs one writer at a time.
+        // SQLite runs one writer at a time: the update and the outbox marks of what it released,
+        // in one transaction.
         Db::Sqlite(pool) => {
-            sqlx::query_scalar(sql)
-                .bind(now)
+            let mut tx = pool.begin().await?;
+            let rows: Vec<(Vec<u8>, String)> = sqlx::query_as(sql)
                 .bind(share as i64)
                 .bind(tenant)
-                .fetch_all(pool)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id, _) in &rows {
+                sqlx::query(super::outbox::MARK)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            rows.into_iter().map(|(_, doc)| doc).collect()
         }
         // PostgreSQL reads the count at the statement's start: two concurrent releases could
-        // both see room. `release_held` (migration 0006) takes a per-tenant advisory lock first,
-        // then runs the same update, in one round trip.
+        // both see room. `release_held` (migrations 0006, 0007) takes a per-tenant advisory lock
+        // first, then runs the same update and the outbox marks, in one round trip.
         Db::Postgres(pool) => {
             sqlx::query_scalar("SELECT release_held($3, $2, $1)")
                 .bind(now)

@@ -77,12 +77,12 @@ impl Store {
         let doc = serde_json::to_string(&job)?;
         // The row is selected into the table only when every quota holds, all in one statement.
         let sql = "INSERT INTO jobs (id, status, pipeline, idempotency_key, finished_at, webhook_pending, \
-            unpublished_since, doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) \
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $20 WHERE \
-              ($15 = 0 OR (SELECT COUNT(*) FROM jobs WHERE tenant = $9 AND status IN ('enqueued', 'processing')) < $15) \
-              AND ($16 = 0 OR (SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = $9) + $12 <= $16) \
-              AND ($17 = 0 OR NOT $18 OR (SELECT COALESCE(SUM(gpu_ms), 0) FROM jobs WHERE tenant = $9 \
-                   AND (finished_at IS NULL OR finished_at >= $19)) < $17) \
+            doc, tenant, held, priority, stored_bytes, gpu_ms, images, version, changed_at) \
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $19 WHERE \
+              ($14 = 0 OR (SELECT COUNT(*) FROM jobs WHERE tenant = $8 AND status IN ('enqueued', 'processing')) < $14) \
+              AND ($15 = 0 OR (SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = $8) + $11 <= $15) \
+              AND ($16 = 0 OR NOT $17 OR (SELECT COALESCE(SUM(gpu_ms), 0) FROM jobs WHERE tenant = $8 \
+                   AND (finished_at IS NULL OR finished_at >= $18)) < $16) \
             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
         let now = Utc::now().timestamp_millis();
         let scoped = job
@@ -97,7 +97,6 @@ impl Store {
                     .bind(scoped.clone())
                     .bind(millis(job.finished_at))
                     .bind(webhook_pending(&job))
-                    .bind((!hold).then_some(now))
                     .bind(doc.clone())
                     .bind(job.tenant.clone())
                     .bind(hold)
@@ -113,19 +112,24 @@ impl Store {
                     .bind(now)
             };
         }
-        let inserted: Option<Vec<u8>> = match &self.db {
-            Db::Sqlite(pool) => bound!(sqlx::query_scalar(sql)).fetch_optional(pool).await?,
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+        // The row and its outbox mark (when not held) commit together.
+        let inserted: Option<Vec<u8>> = on!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if let Db::Postgres(_) = &self.db {
+                // PostgreSQL checks the quota against the statement's snapshot: two submits of a
+                // tenant at once could both fit. SQLite runs one writer at a time.
                 sqlx::query("SELECT pg_advisory_xact_lock(7142002, hashtext($1))")
                     .bind(&job.tenant)
                     .execute(&mut *tx)
                     .await?;
-                let id = bound!(sqlx::query_scalar(sql)).fetch_optional(&mut *tx).await?;
-                tx.commit().await?;
-                id
             }
-        };
+            let id: Option<Vec<u8>> = bound!(sqlx::query_scalar(sql)).fetch_optional(&mut *tx).await?;
+            if let (Some(id), false) = (&id, hold) {
+                sqlx::query(super::outbox::MARK).bind(id).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            id
+        });
         if inserted.is_some() {
             self.changed.notify_one();
             let released = hold::release(

@@ -1,7 +1,8 @@
-//! The store's queries for sweeps: recovery, retention, pending webhooks and the outbox.
+//! The store's queries for sweeps: recovery, retention and pending webhooks (the outbox's are in
+//! `outbox`).
 
-use super::{key, Store, StoreError};
-use crate::jobs::db::{on, Db};
+use super::{Store, StoreError};
+use crate::jobs::db::on;
 use crate::jobs::Job;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -35,53 +36,7 @@ impl Store {
         Ok(jobs.into_iter().map(|j| j.id).collect())
     }
 
-    /// Up to 100 jobs stored for the queue whose message was not confirmed published since
-    /// `before` (a crash or a broker outage between commit and publish), oldest first.
-    pub async fn unpublished(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
-        let sql = "SELECT doc FROM jobs WHERE unpublished_since < $1 ORDER BY id LIMIT 100";
-        self.docs(sql, Some(before.timestamp_millis())).await
-    }
-
-    /// Takes the publishing of an unpublished job for this process: true for exactly one of
-    /// several processes that try, until `before` passes again.
-    pub async fn take_unpublished(&self, id: Uuid, before: DateTime<Utc>) -> Result<bool, StoreError> {
-        let sql = "UPDATE jobs SET unpublished_since = $2 WHERE id = $1 AND unpublished_since < $3";
-        let now = Utc::now().timestamp_millis();
-        let taken = on!(&self.db, pool => sqlx::query(sql)
-            .bind(key(id)).bind(now).bind(before.timestamp_millis())
-            .execute(pool).await?.rows_affected());
-        Ok(taken == 1)
-    }
-
-    /// Records that these jobs' messages are with the queue, in one statement.
-    pub async fn published(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // A row already marked is left alone: writing it again would only make a dead version.
-        const WHERE: &str = "UPDATE jobs SET unpublished_since = NULL WHERE unpublished_since IS NOT NULL AND id";
-        let keys: Vec<Vec<u8>> = ids.iter().map(|id| key(*id)).collect();
-        match &self.db {
-            // One statement text for any number of ids: prepared once per connection.
-            Db::Postgres(pool) => {
-                let sql = format!("{WHERE} = ANY($1)");
-                sqlx::query(&sql).bind(keys).execute(pool).await?;
-            }
-            // SQLite has no arrays; its statements are prepared in process.
-            Db::Sqlite(pool) => {
-                let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-                let sql = format!("{WHERE} IN ({})", marks.join(", "));
-                let mut q = sqlx::query(&sql);
-                for k in keys {
-                    q = q.bind(k);
-                }
-                q.execute(pool).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn docs(&self, sql: &str, param: Option<i64>) -> Result<Vec<Job>, StoreError> {
+    pub(super) async fn docs(&self, sql: &str, param: Option<i64>) -> Result<Vec<Job>, StoreError> {
         let docs: Vec<String> = on!(&self.db, pool => {
             let mut q = sqlx::query_scalar(sql);
             if let Some(p) = param {

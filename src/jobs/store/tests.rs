@@ -191,6 +191,30 @@ async fn outbox_hands_each_unpublished_job_to_one_taker() {
 }
 
 #[tokio::test]
+async fn outbox_marks_live_in_their_own_rows_and_go_with_their_job() {
+    let s = store().await;
+    let id = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
+    assert!(s.is_unpublished(id).await.unwrap(), "marked in the insert's commit");
+    // Progress and heartbeats leave the mark alone; confirming removes it.
+    s.update(id, |j| j.progress.percent = 50.0).await.unwrap();
+    assert!(s.is_unpublished(id).await.unwrap());
+    s.published(&[id, id, Uuid::now_v7()]).await.unwrap();
+    assert!(!s.is_unpublished(id).await.unwrap());
+    // A retry marks the job again, even when an older mark of it is still there.
+    for _ in 0..2 {
+        s.update(id, |j| j.finish(Status::Canceled, None)).await.unwrap();
+        s.update(id, |j| j.reset_for_retry()).await.unwrap();
+        assert!(s.is_unpublished(id).await.unwrap());
+    }
+    // Deleting the job deletes its mark: the sweep never meets a mark without a job.
+    s.update(id, |j| j.finish(Status::Canceled, None)).await.unwrap();
+    assert!(s.remove(id).await.unwrap().is_some());
+    assert!(!s.is_unpublished(id).await.unwrap());
+    let n: i64 = on!(s.db(), pool => sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await.unwrap());
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
 async fn sweeps_find_unfinished_expired_and_pending_webhook_jobs() {
     let s = store().await;
     let queued = s.insert(Job::new("draft".into(), 60)).await.unwrap().job.id;
