@@ -124,6 +124,7 @@ pub async fn confirmed_publishes(
     // The same kind of queue as the service's job queues: durable, classic, with priorities.
     let mut table = FieldTable::new();
     table.insert("x-max-priority".try_into().unwrap(), FieldValue::s(2));
+    table.insert("x-queue-version".try_into().unwrap(), FieldValue::s(2));
     let declare = QueueDeclareArguments::durable_client_named(queue)
         .arguments(table)
         .finish();

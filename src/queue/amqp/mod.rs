@@ -1,7 +1,8 @@
 //! RabbitMQ (amqprs). A supervisor task keeps one connection: it (re)connects with backoff,
 //! declares the queues, and re-subscribes, since amqprs does not reconnect by itself.
 //!
-//! Topology, all durable, under the configured prefix P:
+//! Topology, all durable classic queues of version 2 (see `broker::classic`), under the
+//! configured prefix P:
 //! - `P.jobs.gpu`, `P.jobs.cpu`: classic queues with `x-max-priority` (quorum queues take no
 //!   priorities before RabbitMQ 4.0) that dead-letter to `P.dlx` → `P.dead`;
 //! - `P.webhooks`, and `P.webhooks.wait.N`: one per delay N of the schedule, whose messages expire
