@@ -210,13 +210,8 @@ async fn insert_values(
     // commit in one transaction (one fsync, as before).
     let mut tx = pool.begin().await?;
     let rows: Vec<(Vec<u8>, bool)> = q.fetch_all(&mut *tx).await?;
-    for (id, _) in rows.iter().filter(|(_, held)| !held) {
-        sqlx::query(super::outbox::MARK)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let marks: Vec<&[u8]> = rows.iter().filter(|(_, held)| !held).map(|(id, _)| &id[..]).collect();
+    super::outbox::mark_each(&mut tx, &marks, now).await?;
     tx.commit().await?;
     Ok(rows.into_iter().map(|(id, _)| id).collect())
 }

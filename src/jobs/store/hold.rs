@@ -51,13 +51,8 @@ async fn release_one(db: &Db, share: u32, tenant: &str) -> Result<Vec<String>, S
                 .bind(tenant)
                 .fetch_all(&mut *tx)
                 .await?;
-            for (id, _) in &rows {
-                sqlx::query(super::outbox::MARK)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let marks: Vec<&[u8]> = rows.iter().map(|(id, _)| &id[..]).collect();
+            super::outbox::mark_each(&mut tx, &marks, now).await?;
             tx.commit().await?;
             rows.into_iter().map(|(_, doc)| doc).collect()
         }

@@ -15,6 +15,15 @@ use uuid::Uuid;
 pub(super) const MARK: &str =
     "INSERT INTO outbox (id, since) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET since = excluded.since";
 
+/// Marks each of `ids` in the caller's SQLite transaction: SQLite has no statement that writes
+/// two tables, so a change and its marks commit together this way (one fsync).
+pub(super) async fn mark_each(tx: &mut sqlx::SqliteConnection, ids: &[&[u8]], now: i64) -> Result<(), sqlx::Error> {
+    for id in ids {
+        sqlx::query(MARK).bind(*id).bind(now).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Up to 100 jobs stored for the queue whose message was not confirmed published since
     /// `before` (a crash or a broker outage between commit and publish), oldest first.
