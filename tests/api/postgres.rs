@@ -1,8 +1,9 @@
 //! PostgreSQL killed and restarted under submit load, on a private server of the test's own (the
-//! shared one serves the other tests).
+//! shared one serves the other tests); and what a confirmed publish leaves on a pooled connection.
 
 use crate::cluster::*;
 use crate::helpers::*;
+use crate::procs::{namespace, Services, TestDatabase};
 use meshroom_svc::error::Code;
 use meshroom_svc::http::{ErrorBody, JobPage};
 use meshroom_svc::jobs::{JobView, Status};
@@ -216,4 +217,34 @@ async fn postgres_killed_and_restarted_under_submit_load_loses_no_accepted_job()
         answers.len(),
         accepted.len()
     );
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "full tier (RabbitMQ, Garage, PostgreSQL): scripts/test"
+)]
+async fn a_confirmed_publish_clears_its_mark_and_leaves_the_connection_durable() {
+    use meshroom_svc::jobs::{Db, Job, Store};
+    let db = TestDatabase::create(&Services::from_env(), &namespace()).await;
+    // One connection: the statement that clears the marks and the query after it share it.
+    let store = Store::new(Db::open(&db.url, 1).await.unwrap());
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let ids: Vec<_> = futures_util::future::join_all((0..3).map(|_| store.insert(Job::new("draft".into(), 60))))
+        .await
+        .into_iter()
+        .map(|i| i.unwrap().job.id)
+        .collect();
+    assert_eq!(store.unpublished(soon).await.unwrap().len(), 3);
+    store.published(&ids[..2]).await.unwrap();
+    let left: Vec<_> = store.unpublished(soon).await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(left, vec![ids[2]]);
+    // The clearing commits without waiting for its WAL flush; that is its own transaction's
+    // setting, not the pooled connection's: the next submit's commit is durable again.
+    let Db::Postgres(pool) = store.db() else { unreachable!() };
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on");
 }
