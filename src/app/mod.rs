@@ -103,8 +103,9 @@ pub struct App {
 }
 
 /// Opens (and migrates) the job database a role uses: MESHROOM_SVC_DATABASE_URL when set, else
-/// for all-in-one (and the `keys` commands) `meshroom.db` in the data folder.
-pub async fn open_database(config: &Config, role: Role) -> Result<Db, StartError> {
+/// for all-in-one (and the `keys` commands) `meshroom.db` in the data folder, where a write waits
+/// up to `busy` for another process's.
+pub async fn open_database(config: &Config, role: Role, busy: std::time::Duration) -> Result<Db, StartError> {
     let data_dir = &config.server.data_dir;
     let database_url = config.secrets.database_url.as_ref().map(ExposeSecret::expose_secret);
     match (database_url, role) {
@@ -114,7 +115,7 @@ pub async fn open_database(config: &Config, role: Role) -> Result<Db, StartError
         (None, Role::AllInOne) => {
             std::fs::create_dir_all(data_dir).map_err(|e| StartError::Bind(data_dir.display().to_string(), e))?;
             let path = data_dir.join("meshroom.db");
-            Db::open_file(&path, config.database.max_connections)
+            Db::open_file(&path, config.database.max_connections, busy)
                 .await
                 .map_err(|e| StartError::Database(path.display().to_string(), e))
         }
@@ -139,7 +140,7 @@ impl App {
             StorageKind::Local => Storage::local(config.server.data_dir.join("store"))?,
             StorageKind::S3 => Storage::s3(&config.storage, &config.secrets)?,
         };
-        let db = open_database(&config, role).await?;
+        let db = open_database(&config, role, crate::jobs::db::BUSY_TIMEOUT).await?;
         log::info!("job database: {}", db.kind());
         let pipelines = Pipelines::load(&config.engine.pipelines_dir)?;
         let default = &config.server.default_pipeline;

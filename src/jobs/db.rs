@@ -36,8 +36,13 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A PostgreSQL connection idle this long is pinged before a request uses it.
 const IDLE_PING: Duration = Duration::from_secs(1);
 
-/// SQLite waits this long for another writer (another process on the same file) before it fails.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite waits this long for another writer (another process on the same file) before it fails:
+/// a request answers 503 rather than hang.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an operator's command (`keys ...`) waits for the running all-in-one's write: it would
+/// rather wait out a slow disk (a commit's fsync holds the write lock) than fail.
+pub const OPERATOR_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Db {
     /// Connects and applies the migrations. `url` is `sqlite://PATH`, `sqlite::memory:` or
@@ -68,25 +73,27 @@ impl Db {
             return Ok(Db::Postgres(pool));
         }
         Self::sqlite(
-            SqliteConnectOptions::from_str(url)?,
+            SqliteConnectOptions::from_str(url)?.busy_timeout(BUSY_TIMEOUT),
             url.contains(":memory:"),
             max_connections,
         )
         .await
     }
 
-    /// Opens (or makes) a SQLite file at `path`, whatever characters the path holds.
-    pub async fn open_file(path: &std::path::Path, max_connections: u32) -> Result<Db, sqlx::Error> {
-        Self::sqlite(SqliteConnectOptions::new().filename(path), false, max_connections).await
+    /// Opens (or makes) a SQLite file at `path`, whatever characters the path holds; a write waits
+    /// up to `busy` for another process's write.
+    pub async fn open_file(path: &std::path::Path, max_connections: u32, busy: Duration) -> Result<Db, sqlx::Error> {
+        let options = SqliteConnectOptions::new().filename(path).busy_timeout(busy);
+        Self::sqlite(options, false, max_connections).await
     }
 
+    /// A pool on `options` (which carry the busy timeout) with the service's durability settings.
     async fn sqlite(options: SqliteConnectOptions, memory: bool, max_connections: u32) -> Result<Db, sqlx::Error> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // A commit is on disk when it returns: a 202 survives a power loss.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .synchronous(SqliteSynchronous::Full);
         let pool = SqlitePoolOptions::new()
             // Each connection to `:memory:` would be a database of its own.
             .max_connections(if memory { 1 } else { max_connections })
@@ -151,5 +158,34 @@ mod tests {
         db.close().await;
         // Opening again applies nothing twice.
         Db::open(&url, 2).await.unwrap().ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_another_writer_up_to_its_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let Db::Sqlite(service) = Db::open_file(&path, 1, BUSY_TIMEOUT).await.unwrap() else {
+            unreachable!()
+        };
+        let Db::Sqlite(impatient) = Db::open_file(&path, 1, Duration::from_millis(100)).await.unwrap() else {
+            unreachable!()
+        };
+        let Db::Sqlite(patient) = Db::open_file(&path, 1, Duration::from_secs(30)).await.unwrap() else {
+            unreachable!()
+        };
+        let write = "CREATE TABLE IF NOT EXISTS t(x)";
+        // The service holds the write lock, as through a slow commit.
+        let mut held = service.begin().await.unwrap();
+        sqlx::query("CREATE TABLE held(x)").execute(&mut *held).await.unwrap();
+        let err = sqlx::query(write).execute(&impatient).await.unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+        let waiting = tokio::spawn(async move { sqlx::query(write).execute(&patient).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "the patient write waits");
+        held.commit().await.unwrap();
+        waiting
+            .await
+            .unwrap()
+            .expect("the write goes through once the lock is free");
     }
 }

@@ -6,7 +6,9 @@ use crate::jobs::{Priority, Status};
 
 async fn store(share: u32) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open_file(&dir.path().join("jobs.db"), 8).await.unwrap();
+    let db = Db::open_file(&dir.path().join("jobs.db"), 8, crate::jobs::db::BUSY_TIMEOUT)
+        .await
+        .unwrap();
     (Store::sharing(db, share), dir)
 }
 
