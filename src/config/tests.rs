@@ -154,3 +154,14 @@ fn secrets_come_from_env_and_are_not_printed() {
     let printed = format!("{c:?}");
     assert!(!printed.contains("k1") && !printed.contains("c2VjcmV0"), "{printed}");
 }
+
+#[test]
+fn http_workers_leave_a_core_to_the_main_thread_unless_set() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let auto = Config::from_parts("", &env(&[])).unwrap();
+    assert_eq!(auto.server.workers(), cores.saturating_sub(1).max(1));
+    let set = Config::from_parts("", &env(&[("MESHROOM_SVC_SERVER_HTTP_WORKERS", "3")])).unwrap();
+    assert_eq!(set.server.workers(), 3);
+    let err = Config::from_parts("[server]\nhttp_workers = 100000\n", &env(&[])).unwrap_err();
+    assert!(err.0.join("\n").contains("server.http_workers"), "{err:?}");
+}

@@ -129,6 +129,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
     // several backends, like submit and cancel) the whole state.
     let jobs = web::Data::from(app.jobs.clone());
     let files = web::Data::new(app.files.clone());
+    let workers = app.config.server.workers();
     let data = web::Data::from(app);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
@@ -170,6 +171,7 @@ pub fn server(app: Arc<App>, listener: TcpListener) -> std::io::Result<actix_web
             }))
     })
     .keep_alive(KEEP_ALIVE)
+    .workers(workers)
     .listen(listener)?
     .shutdown_timeout(30)
     .run();
