@@ -57,30 +57,44 @@ pub async fn staging(scale: &Scale, s: &Services, rows: &mut Vec<Row>) {
     let image = noise_png(scale.image_bytes);
     let (n, total) = (scale.images, (image.len() * scale.images) as u64);
     let names: Vec<String> = (0..n).map(|i| format!("photo-{i:04}.png")).collect();
-    let files = names.iter().map(|name| (name.as_str(), image.clone())).collect();
-    let resp = api.upload(files, &[("pipeline", "draft")]).await;
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let s3_job = job["id"].as_str().unwrap().to_string();
-    let keys: Vec<String> = job["uploads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| format!("{}/jobs/{s3_job}/inputs/{}", c.namespace, u["name"].as_str().unwrap()))
-        .collect();
+    let upload = || async {
+        let files = names.iter().map(|name| (name.as_str(), image.clone())).collect();
+        let resp = api.upload(files, &[("pipeline", "draft")]).await;
+        assert_eq!(resp.status(), 202);
+        let job: Value = resp.json().await.unwrap();
+        let id = job["id"].as_str().unwrap().to_string();
+        let keys: Vec<String> = job["uploads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| format!("{}/jobs/{id}/inputs/{}", c.namespace, u["name"].as_str().unwrap()))
+            .collect();
+        (id, keys)
+    };
+    let (first_s3_job, keys) = upload().await;
     let urls: Vec<String> = names.iter().map(|name| c.edge.add(name, image.clone())).collect();
     // worker.download_concurrency, default 8.
     let (bucket, concurrency) = (raw::bucket(s), 8);
     let scratch = c.dir.path().join("raw");
     std::fs::create_dir_all(&scratch).unwrap();
-    // The raw transfers run before and after the worker's; the faster counts.
+    // Each transfer, raw and the worker's, runs twice (the raw ones before and after the
+    // worker's); the faster run counts on both sides.
     let mut raw_s3 = raw::s3_gets(&bucket, &keys, &scratch, concurrency).await;
     let mut raw_http = raw::http_gets(&urls, &scratch, concurrency).await;
     let worker = c.work("work", "none").await;
-    let s3_secs = timed(&serve, &worker, &s3_job, "downloading", 0.0).await;
-    let before = stage_secs(&metrics(&worker).await, "downloading");
-    let http_job = api.submit(json!({"image_urls": urls, "pipeline": "draft"})).await;
-    let http_secs = timed(&serve, &worker, &http_job, "downloading", before).await;
+    let (mut s3_secs, mut http_secs) = (f64::INFINITY, f64::INFINITY);
+    for round in 0..2 {
+        let id = if round == 0 {
+            first_s3_job.clone()
+        } else {
+            upload().await.0
+        };
+        let before = stage_secs(&metrics(&worker).await, "downloading");
+        s3_secs = s3_secs.min(timed(&serve, &worker, &id, "downloading", before).await);
+        let before = stage_secs(&metrics(&worker).await, "downloading");
+        let id = api.submit(json!({"image_urls": urls, "pipeline": "draft"})).await;
+        http_secs = http_secs.min(timed(&serve, &worker, &id, "downloading", before).await);
+    }
     raw_s3 = raw_s3.min(raw::s3_gets(&bucket, &keys, &scratch, concurrency).await);
     raw_http = raw_http.min(raw::http_gets(&urls, &scratch, concurrency).await);
     let rss = peak_rss_mib(worker.pid());
