@@ -40,18 +40,20 @@ async fn code_of(resp: reqwest::Response) -> (u16, Code) {
 #[tokio::test]
 async fn keys_made_by_the_cli_work_on_the_running_service() {
     let app = spawn_app().await;
+    let data = app.dir.path().join("data");
+    // Off this thread: the service under test runs its tasks on it, and one of them may be
+    // inside a SQLite transaction that the command would wait for (a blocking wait here
+    // deadlocked the two until the command's busy timeout).
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"))
-            .arg("keys")
-            .arg("--data-dir")
-            .arg(app.dir.path().join("data"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"));
+        c.arg("keys").arg("--data-dir").arg(&data).args(args);
+        async move {
+            let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
     };
-    let made = cli(&["create", "--tenant", "acme", "--role", "submit", "--name", "ci"]);
+    let made = cli(&["create", "--tenant", "acme", "--role", "submit", "--name", "ci"]).await;
     let key = made.lines().last().unwrap().to_string();
     assert!(key.starts_with("msk_"), "{made}");
     let acme = as_key(&app, &key);
@@ -69,11 +71,11 @@ async fn keys_made_by_the_cli_work_on_the_running_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(refused, "anonymous requests refused once a key exists");
-    let listed = cli(&["list"]);
+    let listed = cli(&["list"]).await;
     assert!(listed.contains("tenant=acme role=submit state=active"), "{listed}");
     assert!(!listed.contains(&key), "the key is never shown again");
     let id_part = key.split('_').nth(1).unwrap();
-    cli(&["revoke", id_part]);
+    cli(&["revoke", id_part]).await;
     let mut revoked = false;
     for _ in 0..70 {
         let resp = acme.get("/api/v1/jobs").await;
@@ -85,7 +87,7 @@ async fn keys_made_by_the_cli_work_on_the_running_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(revoked, "a revoked key is refused within the cache time");
-    assert!(cli(&["list"]).contains("state=revoked"));
+    assert!(cli(&["list"]).await.contains("state=revoked"));
 }
 
 #[tokio::test]
