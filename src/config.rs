@@ -231,7 +231,7 @@ impl Config {
             }
         }
         if self.server.http_workers > 1024 {
-            problems.push("server.http_workers: must be 0 (one per core but one) to 1024".into());
+            problems.push("server.http_workers: must be 0 (one per core) to 1024".into());
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be greater than 0".into());

@@ -19,18 +19,18 @@ pub struct ServerConfig {
     pub body_timeout_secs: u64,
     /// Whether `/metrics` answers without an API key.
     pub metrics_public: bool,
-    /// Threads answering HTTP requests; 0: one per core but one (see `ServerConfig::workers`).
+    /// Threads answering HTTP requests; 0: one per core.
     pub http_workers: u32,
 }
 
 impl ServerConfig {
-    /// The HTTP threads to start. By default one core is left to the process's main thread,
-    /// which publishes every accepted job to the broker and runs the background tasks: with a
-    /// thread per core on top of it, the publishes queued behind the requests (on 2 cores the
-    /// accept's p99 with every job published doubled, BENCHMARKS.md session 16).
+    /// The HTTP threads to start, besides the main thread (which publishes accepted jobs to the
+    /// broker and runs the background tasks). One per core by default: on 2 cores, one thread
+    /// fewer cut the tail of accepts that publish but tripled that of reads (BENCHMARKS.md,
+    /// session 16), so the trade is the operator's.
     pub fn workers(&self) -> usize {
         match self.http_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n as usize,
         }
     }

@@ -156,10 +156,10 @@ fn secrets_come_from_env_and_are_not_printed() {
 }
 
 #[test]
-fn http_workers_leave_a_core_to_the_main_thread_unless_set() {
+fn http_workers_are_one_per_core_unless_set() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let auto = Config::from_parts("", &env(&[])).unwrap();
-    assert_eq!(auto.server.workers(), cores.saturating_sub(1).max(1));
+    assert_eq!(auto.server.workers(), cores);
     let set = Config::from_parts("", &env(&[("MESHROOM_SVC_SERVER_HTTP_WORKERS", "3")])).unwrap();
     assert_eq!(set.server.workers(), 3);
     let err = Config::from_parts("[server]\nhttp_workers = 100000\n", &env(&[])).unwrap_err();
