@@ -40,8 +40,8 @@ const IDLE_PING: Duration = Duration::from_secs(1);
 /// a request answers 503 rather than hang.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What an operator's command (`keys ...`) waits for the running all-in-one's write: it would
-/// rather wait out a slow disk (a commit's fsync holds the write lock) than fail.
+/// What an operator's command (`keys ...`) waits for a running all-in-one's write: no client
+/// is waiting on a 503 there, so it would rather wait out a slow disk or a burst than fail.
 pub const OPERATOR_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Db {

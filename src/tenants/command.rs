@@ -24,8 +24,8 @@ pub enum CommandError {
 
 /// Runs a `keys` command; returns what it prints.
 pub async fn run(config: &Config, action: KeysAction) -> Result<String, CommandError> {
-    // The database a running all-in-one uses, or the shared one: the same rule as the roles. A
-    // running all-in-one may hold SQLite's write lock through a slow fsync: wait it out.
+    // The database a running all-in-one uses, or the shared one: the same rule as the roles. It
+    // may be writing meanwhile: wait for it longer than a request would.
     let db = open_database(config, AppRole::AllInOne, crate::jobs::db::OPERATOR_BUSY_TIMEOUT).await?;
     let keys = Keys::new(db.clone());
     let mut out = String::new();

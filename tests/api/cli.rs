@@ -4,7 +4,7 @@ use crate::helpers::*;
 use meshroom_svc::jobs::{JobView, Status};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The binary, pointed at `server`, with no terminal (stdin from /dev/null).
@@ -15,10 +15,6 @@ fn cli(server: &str, args: &[&str]) -> Command {
         .env_remove("MESHROOM_SVC_API_KEY")
         .stdin(Stdio::null());
     c
-}
-
-async fn run(mut c: Command) -> Output {
-    tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -43,7 +39,7 @@ async fn submit_wait_downloads_every_result_whole() {
     let dir = tempfile::tempdir().unwrap();
     let folder = photo_folder(dir.path(), 3);
     let out = dir.path().join("out");
-    let o = run(cli(
+    let o = run_command(cli(
         &app.base,
         &[
             "submit",
@@ -71,16 +67,16 @@ async fn submit_wait_downloads_every_result_whole() {
         assert_eq!(got, want.to_vec(), "{}", r.name);
     }
     // And as JSON for scripts, everywhere.
-    let o = run(cli(&app.base, &["jobs", "list", "--json"])).await;
+    let o = run_command(cli(&app.base, &["jobs", "list", "--json"])).await;
     let list: Vec<JobView> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0].id.to_string(), id);
-    let o = run(cli(&app.base, &["jobs", "show", &id, "--json"])).await;
+    let o = run_command(cli(&app.base, &["jobs", "show", &id, "--json"])).await;
     assert_eq!(serde_json::from_slice::<JobView>(&o.stdout).unwrap().id.to_string(), id);
-    let o = run(cli(&app.base, &["jobs", "wait", &id, "--json"])).await;
+    let o = run_command(cli(&app.base, &["jobs", "wait", &id, "--json"])).await;
     assert_eq!(o.status.code(), Some(0));
     serde_json::from_slice::<Value>(&o.stdout).unwrap();
     let again = dir.path().join("again");
-    let o = run(cli(
+    let o = run_command(cli(
         &app.base,
         &["jobs", "download", &id, "--out", again.to_str().unwrap()],
     ))
@@ -95,7 +91,7 @@ async fn exit_codes_say_how_it_ended() {
     let dir = tempfile::tempdir().unwrap();
     let failing = dir.path().join(Fake::Fail.image());
     std::fs::write(&failing, photo(0)).unwrap();
-    let o = run(cli(&app.base, &["submit", failing.to_str().unwrap(), "--wait"])).await;
+    let o = run_command(cli(&app.base, &["submit", failing.to_str().unwrap(), "--wait"])).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(
@@ -105,20 +101,20 @@ async fn exit_codes_say_how_it_ended() {
     // Its log, whole and followed (the job is over: every line, then the end).
     let id = text(&o.stdout).trim().to_string();
     for args in [vec!["jobs", "logs", &id], vec!["jobs", "logs", &id, "--follow"]] {
-        let o = run(cli(&app.base, &args)).await;
+        let o = run_command(cli(&app.base, &args)).await;
         assert_eq!(o.status.code(), Some(0), "{args:?}");
         let out = text(&o.stdout);
         assert!(out.contains("[4/10] FeatureMatching"), "{args:?}: {out}");
     }
 
     // Usage errors: 2.
-    let o = run(cli(&app.base, &["submit", "/no/such/photo.jpg"])).await;
+    let o = run_command(cli(&app.base, &["submit", "/no/such/photo.jpg"])).await;
     assert_eq!(o.status.code(), Some(2));
-    let o = run(cli(&app.base, &["submit"])).await;
+    let o = run_command(cli(&app.base, &["submit"])).await;
     assert_eq!(o.status.code(), Some(2));
     let bad = dir.path().join("bad.jpg");
     std::fs::write(&bad, "text").unwrap();
-    let o = run(cli(&app.base, &["submit", bad.to_str().unwrap()])).await;
+    let o = run_command(cli(&app.base, &["submit", bad.to_str().unwrap()])).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(
         text(&o.stderr).contains("unsupported_image_type"),
@@ -128,16 +124,16 @@ async fn exit_codes_say_how_it_ended() {
 
     // Nobody listening: 4, after retries.
     let closed = format!("http://127.0.0.1:{}", crate::procs::free_port());
-    let o = run(cli(&closed, &["jobs", "list"])).await;
+    let o = run_command(cli(&closed, &["jobs", "list"])).await;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
 }
 
 #[tokio::test]
 async fn refused_keys_exit_5() {
     let app = spawn_app_with(|c| c.secrets.api_keys = vec!["key-cli-3f9a".to_string().into()], vec![]).await;
-    let o = run(cli(&app.base, &["jobs", "list"])).await;
+    let o = run_command(cli(&app.base, &["jobs", "list"])).await;
     assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
-    let o = run(cli(&app.base, &["jobs", "list", "--api-key", "key-cli-3f9a"])).await;
+    let o = run_command(cli(&app.base, &["jobs", "list", "--api-key", "key-cli-3f9a"])).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
 
@@ -170,9 +166,9 @@ async fn ctrl_c_without_a_terminal_leaves_the_job_running() {
         text(&o.stderr)
     );
     assert_eq!(app.view(&id).await.status, Status::Processing, "the job keeps running");
-    let o = run(cli(&app.base, &["jobs", "cancel", &id])).await;
+    let o = run_command(cli(&app.base, &["jobs", "cancel", &id])).await;
     assert_eq!(o.status.code(), Some(0));
-    let o = run(cli(&app.base, &["jobs", "wait", &id])).await;
+    let o = run_command(cli(&app.base, &["jobs", "wait", &id])).await;
     assert_eq!(o.status.code(), Some(3), "canceled");
 }
 
@@ -231,7 +227,7 @@ async fn a_connection_lost_during_submit_makes_one_job() {
             .unwrap()
             .len();
         let proxy = flaky_proxy(upstream, cut).await;
-        let o = run(cli(&proxy, &["submit", folder.to_str().unwrap()])).await;
+        let o = run_command(cli(&proxy, &["submit", folder.to_str().unwrap()])).await;
         assert_eq!(o.status.code(), Some(0), "{cut:?}: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains("trying again"), "{}", text(&o.stderr));
         let id = text(&o.stdout).trim().to_string();

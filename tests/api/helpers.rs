@@ -130,6 +130,13 @@ pub fn test_config(dir: &Path) -> Config {
     c
 }
 
+/// Runs a command to its end off the test's thread: an app from `spawn_app` runs its tasks on
+/// that thread, and a blocking wait there can freeze one inside a SQLite transaction that the
+/// command then waits for (the `keys` commands did, until their busy timeout).
+pub async fn run_command(mut c: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
+}
+
 /// Starts the app with no GPU and the default test config.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}, vec![]).await

@@ -41,14 +41,11 @@ async fn code_of(resp: reqwest::Response) -> (u16, Code) {
 async fn keys_made_by_the_cli_work_on_the_running_service() {
     let app = spawn_app().await;
     let data = app.dir.path().join("data");
-    // Off this thread: the service under test runs its tasks on it, and one of them may be
-    // inside a SQLite transaction that the command would wait for (a blocking wait here
-    // deadlocked the two until the command's busy timeout).
     let cli = |args: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_meshroom-svc"));
         c.arg("keys").arg("--data-dir").arg(&data).args(args);
         async move {
-            let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+            let out = run_command(c).await;
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8(out.stdout).unwrap()
         }
