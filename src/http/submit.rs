@@ -42,7 +42,7 @@ pub(super) async fn submit(
     if let Some(key) = &idempotency_key {
         // Keys are per tenant: another tenant's key names nothing here.
         if let Some(job) = app.jobs.find_idempotent(&who.tenant, key).await? {
-            return Ok(accepted(&job, true));
+            return Ok(accepted(job, true));
         }
     }
     let mut job = Job::new(String::new(), 0);
@@ -81,7 +81,7 @@ pub(super) async fn submit(
     if stored.id != new_id {
         // A concurrent request with the same Idempotency-Key won the race: drop our copy.
         let _ = app.files.delete_prefix(&Job::key(&stored.tenant, new_id, "")).await;
-        return Ok(accepted(&stored, true));
+        return Ok(accepted(stored, true));
     }
     if inserted.held {
         // Its tenant has its share of jobs in the queue: it goes there as they are taken.
@@ -108,7 +108,7 @@ pub(super) async fn submit(
             stored.pipeline
         )
     });
-    Ok(accepted(&stored, false))
+    Ok(accepted(stored, false))
 }
 
 /// `quota.max_images_per_job`, checked before any input is stored.
@@ -228,13 +228,14 @@ pub(super) async fn reconstruct(
     submit(app, who, req, payload).await
 }
 
-fn accepted(job: &Job, replayed: bool) -> HttpResponse {
+/// The 202 answer; takes the job, so that its view needs no copy of it.
+fn accepted(job: Job, replayed: bool) -> HttpResponse {
     let mut resp = HttpResponse::Accepted();
     resp.insert_header(("location", format!("/api/v1/jobs/{}", job.id)));
     if replayed {
         resp.insert_header(("idempotent-replayed", "true"));
     }
-    resp.json(JobView::from(job.clone()))
+    resp.json(JobView::from(job))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
