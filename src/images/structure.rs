@@ -89,7 +89,7 @@ impl Jpeg {
                 }
                 Jpeg::Scan => {
                     // Most of a JPEG is scan data: jump to the next 0xFF.
-                    match bytes[i..].iter().position(|&b| b == 0xFF) {
+                    match memchr::memchr(0xFF, &bytes[i..]) {
                         Some(at) => {
                             i += at + 1;
                             *self = Jpeg::ScanFf;
